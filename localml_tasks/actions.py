@@ -1,0 +1,235 @@
+"""The stage actions for one deployment, in graph order. No doit in here.
+
+Each action reads what the previous stage wrote under .localml/, does its one job and
+prints one line saying what it did. tasks.py wires them into doit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.syntax import Syntax
+
+from . import container as container_stage
+from . import docker_engine, health, image, invoke, lifecycle
+from .config import load_project_config
+from .environment import resolve_environment
+from .errors import LocalmlError
+from .spec import Deployment, load_deployment
+from .state import current_file, deployment_dir, read_json, state_root, write_json_if_changed
+
+out = Console(highlight=False, soft_wrap=True)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment as named on the command line (names peeked before validation)."""
+
+    spec_path: Path
+    endpoint: str
+    deployment: str
+    endpoint_yaml: Path | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return deployment_dir(self.endpoint, self.deployment)
+
+    @property
+    def build_dir(self) -> Path:
+        return self.state_dir / "build"
+
+    @property
+    def resolved_file(self) -> Path:
+        return self.state_dir / "deployment.json"
+
+    def resolved(self) -> Deployment:
+        data = read_json(self.resolved_file)
+        if data is None:
+            raise LocalmlError.one("the deployment has not been validated yet",
+                                   fix=f"run doit debug spec={self.spec_path}")
+        return Deployment.from_json(data)
+
+
+def _line(stage: str, text: str) -> None:
+    out.print(f"[bold]{stage:<12}[/] {text}")
+
+
+# --- debug chain -------------------------------------------------------------------
+
+
+def validate(target: Target) -> None:
+    started = time.perf_counter()
+    deployment = load_deployment(target.spec_path, target.endpoint_yaml)
+    if (deployment.endpoint_name, deployment.deployment_name) != (target.endpoint, target.deployment):
+        raise LocalmlError.one("the deployment's names changed while loading; run the command again")
+    write_json_if_changed(target.resolved_file, deployment.to_json())
+    endpoint_yaml = str(target.endpoint_yaml.resolve()) if target.endpoint_yaml else None
+    write_json_if_changed(current_file(), {"spec": str(target.spec_path.resolve()), "endpoint": target.endpoint,
+                                           "deployment": target.deployment, "endpoint_yaml": endpoint_yaml})
+    took = (time.perf_counter() - started) * 1000
+    _line("validate", f"{deployment.deployment_name} on endpoint {deployment.endpoint_name}: valid ({took:.0f} ms)")
+
+
+def resolve(target: Target, allow_python_mismatch: bool) -> None:
+    deployment = target.resolved()
+    assert deployment.conda_file and deployment.image  # validation guarantees both
+    config = load_project_config()
+    base = config.resolve_image(deployment.image)
+    env = resolve_environment(Path(deployment.conda_file), deployment.image, base)
+    plan = image.prepare_build_context(env, target.build_dir, allow_python_mismatch=allow_python_mismatch)
+    via = f" (alias of {deployment.image})" if base != deployment.image else ""
+    python = f"python {plan.base_python}"
+    _line("environment", f"{python}, {len(env.requirements)} pip requirements, base {base}{via} → {plan.tag}")
+
+
+def build(target: Target) -> None:
+    plan = image.load_plan(target.build_dir)
+    assert plan is not None
+    _line("image", f"building {plan.tag} from {Path(plan.conda_file).name} …")
+    image_id, seconds = image.build_image(target.build_dir)
+    _line("image", f"built {plan.tag} ({image_id[7:19]}) in {seconds:.1f} s")
+
+
+def image_is_current(target: Target) -> bool:
+    try:
+        return image.image_is_built(target.build_dir)
+    except LocalmlError:
+        return False  # the action will report it
+
+
+def _container_spec(target: Target) -> container_stage.ContainerSpec:
+    deployment = target.resolved()
+    plan = image.load_plan(target.build_dir)
+    if plan is None:
+        raise LocalmlError.one("no image plan", fix="run doit debug")
+    image_id = docker_engine.image_id(plan.tag)
+    if image_id is None:
+        raise LocalmlError.one(f"image {plan.tag} is missing", fix="run doit debug to build it")
+    return container_stage.render_container(deployment, plan.tag, image_id)
+
+
+def container_is_current(target: Target) -> bool:
+    try:
+        return container_stage.is_current(_container_spec(target))
+    except LocalmlError:
+        return False
+
+
+def start_container(target: Target) -> None:
+    spec = _container_spec(target)
+    started, scoring, debug, reason = container_stage.start(spec)
+    _line("container", f"{reason} {spec.name} ({started.short_id}): scoring on {container_stage.LOOPBACK}:{scoring}, "
+                       f"debug port {debug}")
+
+
+def check_health(target: Target) -> None:
+    deployment = target.resolved()
+    spec = _container_spec(target)
+    running = docker_engine.get_container(spec.name)
+    if running is None:
+        raise LocalmlError.one(f"container {spec.name} is gone", fix="run doit debug again")
+    port = running.labels[container_stage.LABEL_SCORING_PORT]
+    probe = deployment.readiness_probe
+
+    def alive() -> bool:
+        running.reload()
+        return running.status in ("running", "created")
+
+    path_map = {spec.code_target: deployment.code_dir}
+    seconds = health.wait_until_healthy(
+        f"http://{container_stage.LOOPBACK}:{port}/",
+        deadline_s=probe.initial_delay + probe.period * probe.failure_threshold,
+        request_timeout_s=max(probe.timeout, 1),
+        is_alive=alive,
+        read_log=lambda: docker_engine.container_logs(running),
+        path_map=path_map,
+        label="health",
+    )
+    _line("health", f"healthy after {seconds:.1f} s")
+    _line("endpoint", f"scoring URI http://{container_stage.LOOPBACK}:{port}/score  (doit invoke request=<file.json>)")
+
+
+# --- around the endpoint ------------------------------------------------------------
+
+
+def _running_container(target: Target) -> Any:
+    name = container_stage.container_name(target.endpoint, target.deployment)
+    found = docker_engine.get_container(name)
+    if found is None:
+        raise LocalmlError.one(f"no local deployment {target.deployment} on endpoint {target.endpoint}",
+                               fix=f"start it: doit debug spec={target.spec_path}")
+    return found
+
+
+def invoke_endpoint(target: Target, request_path: Path) -> None:
+    payload = invoke.read_request(request_path)
+    running = _running_container(target)
+    url = lifecycle.scoring_uri(running)
+    timeout_s = max(target.resolved().request_timeout_ms / 1000 * 2, 30) if target.resolved_file.exists() else 60
+    result = invoke.post(url, payload, timeout_s=timeout_s)
+    if not 200 <= result.status < 300:
+        raise invoke.error_for(result, url)
+    _line("invoke", f"{result.status} from {target.deployment} in {result.latency_ms:.0f} ms")
+    body = json.dumps(result.body, indent=2) if not isinstance(result.body, str) else result.body
+    out.print(Syntax(body, "json", theme="ansi_dark", background_color="default") if out.is_terminal else body)
+
+
+def show(target: Target) -> None:
+    described = lifecycle.describe_endpoint(target.endpoint)
+    if described is None:
+        raise LocalmlError.one(f"no local endpoint named {target.endpoint}",
+                               fix=f"start it: doit debug spec={target.spec_path}")
+    print(json.dumps(described, indent=2))
+
+
+def logs(target: Target, tail: str, follow: bool) -> None:
+    running = _running_container(target)
+    lines: int | str = int(tail) if tail.isdigit() else "all"
+    if follow:
+        try:
+            for chunk in docker_engine.follow_logs(running, lines):
+                sys.stdout.write(chunk)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+        return
+    sys.stdout.write(docker_engine.container_logs(running, lines))
+
+
+def delete(target: Target, with_images: bool) -> None:
+    name = container_stage.container_name(target.endpoint, target.deployment)
+    found = docker_engine.get_container(name)
+    image_tag = None
+    if found is not None:
+        image_tag = (found.image.tags or [None])[0] if found.image else None
+        docker_engine.remove_container(found)
+        _line("delete", f"removed container {name}")
+    else:
+        _line("delete", f"no container {name}")
+    if with_images and image_tag:
+        users = [c for c in docker_engine.list_containers([container_stage.LABEL_LOCAL_ENDPOINT])
+                 if image_tag in (c.image.tags if c.image else [])]
+        if users:
+            _line("delete", f"kept image {image_tag}: still used by {', '.join(c.name for c in users)}")
+        elif docker_engine.remove_image(image_tag):
+            _line("delete", f"removed image {image_tag}")
+
+
+def list_endpoints() -> None:
+    rows = lifecycle.list_local_endpoints()
+    if not rows:
+        _line("endpoints", "no local endpoints")
+        return
+    for row in rows:
+        out.print(f"{row['endpoint_name']:<24} {row['name']:<16} {row['provisioning_state']:<10} "
+                  f"{row['scoring_uri']:<34} {row['container']['status']}")
+
+
+def state_dir_exists() -> bool:
+    return state_root().exists()

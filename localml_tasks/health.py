@@ -1,0 +1,159 @@
+"""Stage 5 — health: poll the liveness route until it answers 200, or say why it never will.
+
+When the server dies (init() raising, an import error, a bad entry script) the cause is
+read out of its log: the traceback, with container paths mapped back to the user's files.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from rich.console import Console
+
+from .errors import LocalmlError, Problem
+
+POLL_INTERVAL_S = 0.25
+console = Console(highlight=False)
+
+
+@dataclass
+class Cause:
+    """What a failed server log says went wrong."""
+
+    summary: str  # e.g. "ValueError: model file missing"
+    traceback: list[str]
+    user_file: str | None  # host path of the innermost frame in the user's code
+    user_line: int | None
+    function: str | None
+
+
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
+
+
+def extract_cause(log: str, path_map: dict[str, str]) -> Cause | None:
+    """Find the traceback in a server log that runs through the user's code; map its paths to the host.
+
+    path_map: container folder -> host folder (e.g. /var/azureml-app/onlinescoring -> ~/proj/onlinescoring).
+    The server wraps the user's exception in its own (raise ... from ...), so the last traceback is
+    usually the server's: prefer the last one with a frame in the user's files.
+    """
+    lines = [_strip_log_prefix(line) for line in log.splitlines()]
+    blocks = _traceback_blocks(lines)
+    if not blocks:
+        return None
+    causes = [_cause_of(block, path_map) for block in blocks]
+    in_user_code = [cause for cause in causes if cause.user_file]
+    return in_user_code[-1] if in_user_code else causes[-1]
+
+
+def _traceback_blocks(lines: list[str]) -> list[list[str]]:
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in lines:
+        if "Traceback (most recent call last):" in line:
+            current = ["Traceback (most recent call last):"]
+            blocks.append(current)
+        elif current is not None:
+            current.append(line)
+            if line and not line.startswith((" ", "\t")):
+                current = None  # the exception line ends the block
+    return blocks
+
+
+def _cause_of(block: list[str], path_map: dict[str, str]) -> Cause:
+    user_file = user_line = function = None
+    mapped = []
+    for line in block:
+        match = _FRAME.match(line)
+        host = _to_host(match["file"], path_map) if match else None
+        if match and host:
+            user_file, user_line, function = host, int(match["line"]), match["func"]
+            line = line.replace(match["file"], host)
+        mapped.append(line)
+    return Cause(summary=block[-1].strip(), traceback=mapped, user_file=user_file, user_line=user_line,
+                 function=function)
+
+
+def model_dir_listing(log: str) -> list[str]:
+    """The server lists the model folder after init() fails: worth showing beside a FileNotFoundError."""
+    lines = [_strip_log_prefix(line) for line in log.splitlines()]
+    for index, line in enumerate(lines):
+        if line.strip() == "Model Directory Contents:":
+            listing = []
+            for item in lines[index + 1:]:
+                if not item.strip() or item.startswith(("Worker", "Shutting", "Reason", "20")):
+                    break
+                listing.append(item)
+            return listing
+    return []
+
+
+def _strip_log_prefix(line: str) -> str:
+    # azmlinfsrv prefixes its records with "2026-01-01 00:00:00,000 E [12] azmlinfsrv - "
+    match = re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \w \[\d+\] [\w.]+ - (.*)$", line)
+    return match[1] if match else line
+
+
+def _to_host(path: str, path_map: dict[str, str]) -> str | None:
+    for inside, outside in path_map.items():
+        if path == inside or path.startswith(inside.rstrip("/") + "/"):
+            return str(Path(outside) / path[len(inside):].lstrip("/"))
+    return None
+
+
+def failure_error(what: str, log: str, path_map: dict[str, str], fix: str) -> LocalmlError:
+    cause = extract_cause(log, path_map)
+    if cause is None:
+        tail = [line for line in log.splitlines() if line.strip()][-12:]
+        detail = "\n    ".join(tail) if tail else "(the server printed nothing)"
+        return LocalmlError.one(f"{what}; the server's last lines:\n    {detail}", fix=fix)
+    in_function = f" in {cause.function}()" if cause.function else ""
+    trace = "\n    ".join(cause.traceback)
+    listing = model_dir_listing(log)
+    if listing and "FileNotFoundError" in cause.summary:
+        trace += "\n    the model folder (AZUREML_MODEL_DIR) holds:\n      " + "\n      ".join(listing)
+    return LocalmlError([Problem(
+        f"{what}{in_function}: {cause.summary}\n    {trace}",
+        file=cause.user_file, line=cause.user_line, fix=fix,
+    )])
+
+
+def wait_until_healthy(
+    url: str,
+    *,
+    deadline_s: float,
+    request_timeout_s: float,
+    is_alive: Callable[[], bool],
+    read_log: Callable[[], str],
+    path_map: dict[str, str],
+    label: str,
+) -> float:
+    """Poll url until 200; returns seconds taken. Raises LocalmlError with the cause otherwise."""
+    started = time.monotonic()
+    with console.status(f"[bold]{label}[/]: waiting for {url}", spinner="dots") as status:
+        while True:
+            elapsed = time.monotonic() - started
+            try:
+                answer = requests.get(url, timeout=request_timeout_s)
+                if answer.status_code == 200:
+                    return elapsed
+            except requests.RequestException:
+                pass
+            if not is_alive():
+                raise failure_error(
+                    "the server stopped during start-up", read_log(), path_map,
+                    fix="fix the error above and run doit debug again (no rebuild needed for code edits); "
+                        "the whole log: doit logs",
+                )
+            if elapsed > deadline_s:
+                raise failure_error(
+                    f"no answer from {url} within {deadline_s:.0f} s (readiness_probe)", read_log(), path_map,
+                    fix="make init() faster, or raise readiness_probe.initial_delay/period/failure_threshold",
+                )
+            status.update(f"[bold]{label}[/]: waiting for {url} ({elapsed:.1f} s)")
+            time.sleep(POLL_INTERVAL_S)

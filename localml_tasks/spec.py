@@ -1,0 +1,371 @@
+"""Stage 1 — validate the deployment YAML (and its endpoint YAML) and resolve it to one record.
+
+Everything later reads the resolved record, never the YAML: paths are absolute, numbers in
+environment_variables are strings (as Azure coerces them), and every problem found here has
+the file, line and key that caused it.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LocalmlError, Problem
+from .yamlsource import YamlDocument, load_yaml
+
+ENDPOINT_FILE_NAMES = ("endpoint.yml", "endpoint.yaml")
+NAME_RULE = re.compile(r"^[a-zA-Z][-a-zA-Z0-9]{1,30}[a-zA-Z0-9]$")
+INFERENCE_SERVER_PACKAGES = ("azureml-inference-server-http", "azureml-defaults")
+
+
+@dataclass
+class Probe:
+    initial_delay: int = 10
+    period: int = 10
+    timeout: int = 2
+    success_threshold: int = 1
+    failure_threshold: int = 30
+
+
+@dataclass
+class Deployment:
+    """A deployment resolved from YAML: what every later stage needs, nothing more."""
+
+    spec_path: str
+    endpoint_name: str
+    deployment_name: str
+    endpoint_path: str | None
+    code_dir: str
+    scoring_script: str  # relative to code_dir, posix separators
+    model_path: str | None
+    model_name: str
+    model_version: str
+    conda_file: str | None
+    image: str | None
+    environment_variables: dict[str, str]
+    readiness_probe: Probe = field(default_factory=Probe)
+    request_timeout_ms: int = 5000
+    endpoint_data: dict[str, Any] = field(default_factory=dict)
+    deployment_data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Deployment:
+        data = dict(data)
+        data["readiness_probe"] = Probe(**data.get("readiness_probe", {}))
+        return cls(**data)
+
+
+def peek_names(spec_path: Path) -> tuple[str, str]:
+    """Best-effort (endpoint, deployment) names at task-load time; never raises."""
+    fallback = spec_path.stem.removesuffix("-deployment") or "deployment"
+    try:
+        data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return "endpoint", fallback
+    if not isinstance(data, dict):
+        return "endpoint", fallback
+    name = data.get("name") if isinstance(data.get("name"), str) else fallback
+    endpoint = data.get("endpoint_name")
+    if not isinstance(endpoint, str):
+        endpoint = _endpoint_name_beside(spec_path) or "endpoint"
+    return endpoint, name
+
+
+def _endpoint_name_beside(spec_path: Path) -> str | None:
+    for candidate in ENDPOINT_FILE_NAMES:
+        path = spec_path.parent / candidate
+        if path.exists():
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                return None
+            if isinstance(data, dict) and isinstance(data.get("name"), str):
+                return data["name"]
+    return None
+
+
+def load_deployment(spec_path: Path, endpoint_path: Path | None = None) -> Deployment:
+    """Read, check and resolve. Raises LocalmlError listing every problem found."""
+    spec_path = spec_path.resolve()
+    doc = load_yaml(spec_path)
+    checker = _Checker(doc)
+    data = doc.data
+    if data is None:
+        raise LocalmlError.one("the file is empty", file=str(spec_path),
+                               fix="write a CLI v2 deployment: name, model, code_configuration, environment")
+    if not isinstance(data, dict):
+        raise LocalmlError.one(
+            f"expected a mapping of keys (name:, model:, ...), found a {_kind(data)}",
+            **doc.where(()), fix="a deployment YAML is a mapping at the top level",
+        )
+
+    endpoint_doc = _load_endpoint(spec_path, endpoint_path)
+    endpoint_data = endpoint_doc.data if endpoint_doc else {}
+
+    name = checker.required_str(("name",))
+    if name and not NAME_RULE.match(name):
+        checker.problem(("name",), f"'{name}' is not a valid deployment name",
+                        "3-32 characters: letters, digits and '-', starting with a letter")
+    endpoint_name = data.get("endpoint_name") or (endpoint_data or {}).get("name")
+    if not endpoint_name:
+        checker.problem(("endpoint_name",), "no endpoint name",
+                        "add endpoint_name: <name> here, or put endpoint.yml beside this file")
+    elif endpoint_doc and endpoint_data.get("name") and data.get("endpoint_name") \
+            and endpoint_data["name"] != data["endpoint_name"]:
+        checker.problem(("endpoint_name",),
+                        f"'{data['endpoint_name']}' does not match the endpoint's name "
+                        f"'{endpoint_data['name']}' in {endpoint_doc.path.name}",
+                        "use the same name in both files")
+
+    code_dir, scoring_script = checker.code_configuration()
+    model_path, model_name, model_version = checker.model(name or "model")
+    conda_file, image = checker.environment()
+    env_vars = checker.environment_variables()
+    probe = checker.probe()
+    timeout_ms = checker.request_timeout_ms()
+
+    if checker.problems:
+        raise LocalmlError(checker.problems)
+    return Deployment(
+        spec_path=str(spec_path),
+        endpoint_name=str(endpoint_name),
+        deployment_name=str(name),
+        endpoint_path=str(endpoint_doc.path) if endpoint_doc else None,
+        code_dir=str(code_dir),
+        scoring_script=str(scoring_script),
+        model_path=str(model_path) if model_path else None,
+        model_name=model_name,
+        model_version=model_version,
+        conda_file=str(conda_file) if conda_file else None,
+        image=image,
+        environment_variables=env_vars,
+        readiness_probe=probe,
+        request_timeout_ms=timeout_ms,
+        endpoint_data=endpoint_data or {},
+        deployment_data=data,
+    )
+
+
+def _load_endpoint(spec_path: Path, endpoint_path: Path | None) -> YamlDocument | None:
+    if endpoint_path is None:
+        found = [spec_path.parent / n for n in ENDPOINT_FILE_NAMES if (spec_path.parent / n).exists()]
+        if not found:
+            return None
+        endpoint_path = found[0]
+    doc = load_yaml(endpoint_path.resolve())
+    if doc.data is None:
+        doc.data = {}
+    if not isinstance(doc.data, dict):
+        raise LocalmlError.one(f"expected a mapping, found a {_kind(doc.data)}", **doc.where(()),
+                               fix="an endpoint YAML is a mapping: name:, auth_mode:, ...")
+    return doc
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class _Checker:
+    """Collects problems instead of stopping at the first one."""
+
+    def __init__(self, doc: YamlDocument) -> None:
+        self.doc = doc
+        self.data: dict[str, Any] = doc.data if isinstance(doc.data, dict) else {}
+        self.base = doc.path.parent
+        self.problems: list[Problem] = []
+
+    def problem(self, key: tuple, message: str, fix: str | None = None) -> None:
+        self.problems.append(Problem(message, fix=fix, **self.doc.where(key)))
+
+    def get(self, key: tuple) -> Any:
+        value: Any = self.data
+        for part in key:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(part)
+        return value
+
+    def required_str(self, key: tuple) -> str | None:
+        value = self.get(key)
+        if value is None:
+            self.problem(key, "missing", f"add {key[-1]}: <value>")
+            return None
+        if not isinstance(value, str):
+            self.problem(key, f"expected a string, found a {_kind(value)}")
+            return None
+        return value
+
+    def mapping(self, key: tuple) -> dict[str, Any] | None:
+        value = self.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.problem(key, f"expected a mapping, found a {_kind(value)}")
+            return None
+        return value
+
+    def local_path(self, key: tuple, what: str, *, directory: bool | None = None) -> Path | None:
+        value = self.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.problem(key, f"expected a path string, found a {_kind(value)}")
+            return None
+        if value.startswith("azureml:"):
+            self.problem(key, f"'{value}' is a workspace asset, not available locally",
+                         f"give a local path for the {what}")
+            return None
+        path = (self.base / value).resolve()
+        if not path.exists():
+            self.problem(key, f"{what} not found: {value} (looked for {path})",
+                         "paths are relative to the folder of this YAML file")
+            return None
+        if directory is True and not path.is_dir():
+            self.problem(key, f"{what} must be a folder: {value}")
+            return None
+        if directory is False and not path.is_file():
+            self.problem(key, f"{what} must be a file: {value}")
+            return None
+        return path
+
+    def code_configuration(self) -> tuple[Path | None, str]:
+        key = ("code_configuration",)
+        if self.get(key) is None:
+            self.problem(key, "missing", "add code_configuration: {code: <folder>, scoring_script: score.py}")
+            return None, ""
+        if self.mapping(key) is None:
+            return None, ""
+        code = self.local_path((*key, "code"), "code folder", directory=True)
+        if self.get((*key, "code")) is None:
+            self.problem((*key, "code"), "missing", "add code: <folder holding the scoring script>")
+        script = self.get((*key, "scoring_script"))
+        if script is None:
+            self.problem((*key, "scoring_script"), "missing", "add scoring_script: score.py")
+            return code, ""
+        if not isinstance(script, str):
+            self.problem((*key, "scoring_script"), f"expected a string, found a {_kind(script)}")
+            return code, ""
+        if code is None:
+            return None, script
+        script_path = (code / script).resolve()
+        if not script_path.is_file():
+            self.problem((*key, "scoring_script"), f"scoring script not found: {script_path}",
+                         "scoring_script is relative to the code folder")
+            return code, script
+        if not script_path.is_relative_to(code):
+            self.problem((*key, "scoring_script"), "the scoring script must be inside the code folder")
+            return code, script
+        self._check_script(script_path)
+        return code, script_path.relative_to(code).as_posix()
+
+    def _check_script(self, script: Path) -> None:
+        try:
+            tree = ast.parse(script.read_text(encoding="utf-8"), filename=str(script))
+        except SyntaxError as exc:
+            self.problems.append(Problem(f"syntax error in the scoring script: {exc.msg}",
+                                         file=str(script), line=exc.lineno, column=exc.offset,
+                                         fix="fix the syntax; nothing was built"))
+            return
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+        for required in ("init", "run"):
+            if required not in defined:
+                self.problems.append(Problem(f"the scoring script defines no {required}() function",
+                                             file=str(script), line=1,
+                                             fix=f"add a top-level def {required}(...): the server calls it"))
+
+    def model(self, deployment_name: str) -> tuple[Path | None, str, str]:
+        key = ("model",)
+        value = self.get(key)
+        if value is None:
+            return None, "model", "1"
+        if isinstance(value, str):
+            path = self.local_path(key, "model path")
+            return path, (path.name if path else "model"), "1"
+        if not isinstance(value, dict):
+            self.problem(key, f"expected a path or a mapping, found a {_kind(value)}")
+            return None, "model", "1"
+        path = self.local_path((*key, "path"), "model path")
+        if value.get("path") is None:
+            self.problem((*key, "path"), "missing", "add path: <local model file or folder>")
+        name = str(value.get("name") or (path.name if path else "model"))
+        return path, name, str(value.get("version") or "1")
+
+    def environment(self) -> tuple[Path | None, str | None]:
+        key = ("environment",)
+        value = self.get(key)
+        if value is None:
+            self.problem(key, "missing", "add environment: {image: <base image>, conda_file: <conda.yml>}")
+            return None, None
+        if isinstance(value, str):
+            if value.startswith("azureml:"):
+                self.problem(key, f"'{value}' is a workspace environment, not available locally",
+                             "define it inline: environment: {image: ..., conda_file: ...}")
+            else:
+                self.problem(key, "expected a mapping with image and conda_file")
+            return None, None
+        if not isinstance(value, dict):
+            self.problem(key, f"expected a mapping, found a {_kind(value)}")
+            return None, None
+        if value.get("build") is not None:
+            self.problem((*key, "build"), "environment.build (a Docker build context) is not supported yet",
+                         "use image + conda_file for now")
+            return None, None
+        image = value.get("image")
+        if image is None:
+            self.problem((*key, "image"), "missing", "add image: <base image with Python>")
+        elif not isinstance(image, str):
+            self.problem((*key, "image"), f"expected a string, found a {_kind(image)}")
+            image = None
+        conda = self.local_path((*key, "conda_file"), "conda file", directory=False)
+        if value.get("conda_file") is None:
+            self.problem((*key, "conda_file"), "missing",
+                         "add conda_file: <conda.yml listing azureml-inference-server-http under pip>")
+        return conda, image
+
+    def environment_variables(self) -> dict[str, str]:
+        key = ("environment_variables",)
+        value = self.mapping(key)
+        out: dict[str, str] = {}
+        for name, item in (value or {}).items():
+            if isinstance(item, dict | list):
+                self.problem((*key, name), f"expected a string, found a {_kind(item)}")
+            elif item is None:
+                out[str(name)] = ""
+            elif isinstance(item, bool):
+                out[str(name)] = "true" if item else "false"
+            else:
+                out[str(name)] = str(item)  # Azure coerces numbers to strings
+        return out
+
+    def probe(self) -> Probe:
+        key = ("readiness_probe",)
+        value = self.mapping(key) or {}
+        probe = Probe()
+        for field_name in ("initial_delay", "period", "timeout", "success_threshold", "failure_threshold"):
+            if field_name in value:
+                item = value[field_name]
+                if not isinstance(item, int) or isinstance(item, bool) or item < 0:
+                    self.problem((*key, field_name), f"expected a whole number >= 0, found {item!r}")
+                else:
+                    setattr(probe, field_name, item)
+        return probe
+
+    def request_timeout_ms(self) -> int:
+        key = ("request_settings", "request_timeout_ms")
+        value = self.get(key)
+        if value is None:
+            return 5000
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            self.problem(key, f"expected a whole number of milliseconds > 0, found {value!r}")
+            return 5000
+        return value

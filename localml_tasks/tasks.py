@@ -1,0 +1,206 @@
+"""The doit tasks: wiring only, top to bottom in graph order.
+
+    validate -> environment -> image -> container -> health      (doit debug)
+    invoke, show, logs, delete, endpoints                         (around a running endpoint)
+
+Variables come from doit's command line (`doit debug spec=blue-deployment.yml`); the last
+validated spec is remembered in .localml/current.json, so `doit invoke request=...` needs no spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from doit import get_var
+from doit.exceptions import TaskFailed
+from rich.console import Console
+
+from . import actions
+from .actions import Target
+from .errors import LocalmlError
+from .reporter import LocalmlReporter
+from .spec import peek_names
+from .state import STATE_DIR_NAME, current_file, read_json
+
+DOIT_CONFIG = {
+    "default_tasks": ["debug"],
+    "dep_file": f"{STATE_DIR_NAME}/doit.db",
+    "backend": "sqlite3",
+    "verbosity": 2,
+    "reporter": LocalmlReporter,
+}
+
+_errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _var(name: str, default: str = "") -> str:
+    value = get_var(name, default)
+    return value if isinstance(value, str) else default
+
+
+def _flag(name: str) -> bool:
+    return _var(name).lower() in ("1", "true", "yes", "on")
+
+
+def _target() -> Target | None:
+    """The deployment named by spec=..., else the one last used in this folder."""
+    spec = _var("spec")
+    endpoint_yaml = _var("endpoint") or None
+    if not spec:
+        current = read_json(current_file()) or {}
+        spec = current.get("spec", "")
+        endpoint_yaml = endpoint_yaml or current.get("endpoint_yaml")
+        if not spec:
+            return None
+    path = Path(spec)
+    endpoint, deployment = peek_names(path)
+    deployment = _var("deployment") or deployment
+    return Target(path, endpoint, deployment, Path(endpoint_yaml) if endpoint_yaml else None)
+
+
+def _guard(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """A doit action that shows a LocalmlError as its message alone, never as a traceback."""
+
+    def action() -> Any:
+        try:
+            function(*args)
+        except LocalmlError as exc:
+            _errors.print(f"[red]{exc.render()}[/]")
+            return TaskFailed(exc.render(), report=False)
+        return None
+
+    action.__name__ = function.__name__
+    action.__doc__ = function.__doc__
+    return action
+
+
+def _no_target(command: str) -> dict[str, Any]:
+    def explain() -> TaskFailed:
+        message = f"error: no deployment selected\n  fix: doit {command} spec=path/to/deployment.yml"
+        _errors.print(f"[red]{message}[/]")
+        return TaskFailed(message, report=False)
+
+    return {"actions": [explain], "uptodate": [False]}
+
+
+# --- doit debug: the chain --------------------------------------------------------------
+
+
+def task_validate() -> Iterator[dict[str, Any]]:
+    """Check the deployment YAML, its files and its endpoint before any Docker work."""
+    target = _target()
+    if target:
+        yield {"name": target.deployment, "actions": [_guard(actions.validate, target)], "uptodate": [False]}
+
+
+def task_environment() -> Iterator[dict[str, Any]]:
+    """Resolve conda file + base image into a build plan (Dockerfile, requirements)."""
+    target = _target()
+    if target:
+        yield {
+            "name": target.deployment,
+            "actions": [_guard(actions.resolve, target, _flag("allow_python_mismatch"))],
+            "task_dep": [f"validate:{target.deployment}"],
+            "uptodate": [False],
+        }
+
+
+def task_image() -> Iterator[dict[str, Any]]:
+    """Build the environment image (only when the build plan changed or the image is gone)."""
+    target = _target()
+    if target:
+        build = target.build_dir
+        yield {
+            "name": target.deployment,
+            "actions": [_guard(actions.build, target)],
+            "task_dep": [f"environment:{target.deployment}"],
+            "file_dep": [build / "Dockerfile", build / "requirements.txt", build / "plan.json"],
+            "uptodate": [lambda: actions.image_is_current(target)],
+        }
+
+
+def task_container() -> Iterator[dict[str, Any]]:
+    """Run the deployment's container (recreated only when its configuration changed)."""
+    target = _target()
+    if target:
+        yield {
+            "name": target.deployment,
+            "actions": [_guard(actions.start_container, target)],
+            "task_dep": [f"image:{target.deployment}"],
+            "file_dep": [target.resolved_file],
+            "uptodate": [lambda: actions.container_is_current(target)],
+        }
+
+
+def task_health() -> Iterator[dict[str, Any]]:
+    """Wait until the endpoint answers its liveness route, or report why it never will."""
+    target = _target()
+    if target:
+        yield {
+            "name": target.deployment,
+            "actions": [_guard(actions.check_health, target)],
+            "task_dep": [f"container:{target.deployment}"],
+            "uptodate": [False],
+        }
+
+
+def task_debug() -> dict[str, Any]:
+    """Bring the local endpoint up to date: validate, environment, image, container, health."""
+    target = _target()
+    if not target:
+        return _no_target("debug")
+    return {"actions": None, "task_dep": [f"health:{target.deployment}"]}
+
+
+# --- around a running endpoint ---------------------------------------------------------------
+
+
+def task_invoke() -> dict[str, Any]:
+    """POST request=<file.json> to the scoring URI; deployment=<name> picks one."""
+    target = _target()
+    if not target:
+        return _no_target("invoke request=req.json")
+    request = _var("request")
+    if not request:
+        return _no_target_request()
+    return {"actions": [_guard(actions.invoke_endpoint, target, Path(request))], "uptodate": [False]}
+
+
+def _no_target_request() -> dict[str, Any]:
+    def explain() -> TaskFailed:
+        message = "error: no request file given\n  fix: doit invoke request=path/to/request.json"
+        _errors.print(f"[red]{message}[/]")
+        return TaskFailed(message, report=False)
+
+    return {"actions": [explain], "uptodate": [False]}
+
+
+def task_show() -> dict[str, Any]:
+    """Print the local endpoint as Azure-style JSON (scoring_uri, provisioning_state, ports)."""
+    target = _target()
+    if not target:
+        return _no_target("show")
+    return {"actions": [_guard(actions.show, target)], "uptodate": [False]}
+
+
+def task_logs() -> dict[str, Any]:
+    """Print the server log: tail=<lines> (default 100), follow=1 to keep following."""
+    target = _target()
+    if not target:
+        return _no_target("logs")
+    return {"actions": [_guard(actions.logs, target, _var("tail", "100"), _flag("follow"))], "uptodate": [False]}
+
+
+def task_delete() -> dict[str, Any]:
+    """Remove the deployment's container; images=1 removes its image too."""
+    target = _target()
+    if not target:
+        return _no_target("delete")
+    return {"actions": [_guard(actions.delete, target, _flag("images"))], "uptodate": [False]}
+
+
+def task_endpoints() -> dict[str, Any]:
+    """List every local endpoint and deployment on this machine."""
+    return {"actions": [_guard(actions.list_endpoints)], "uptodate": [False]}
