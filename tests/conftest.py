@@ -1,0 +1,88 @@
+"""Shared fixtures: a private copy of the sample per test, the localml CLI, Docker clean-up.
+
+Docker tests never skip: a missing engine is a failure (scripts/test starts one).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
+BASE_IMAGE = "localml/debian-python:3.11-bookworm"
+
+
+@dataclass
+class Project:
+    """A copy of specs/ with a unique endpoint name, so tests never share containers."""
+
+    root: Path
+    endpoint: str
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "blue-deployment.yml"
+
+    def container_name(self, deployment: str = "blue") -> str:
+        return f"localml-{self.endpoint}-{deployment}"
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+        """Run the localml console entry point (python -m localml_tasks) in this project."""
+        return subprocess.run(
+            [sys.executable, "-m", "localml_tasks", *args],
+            cwd=self.root, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})},
+        )
+
+    def edit(self, relative: str, old: str, new: str) -> None:
+        path = self.root / relative
+        text = path.read_text()
+        assert old in text, f"{old!r} not in {relative}"
+        path.write_text(text.replace(old, new))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    root = tmp_path / "project"
+    shutil.copytree(SPECS, root)
+    shutil.copy(REPO / "localml.yml", root / "localml.yml")
+    endpoint = f"t-{uuid.uuid4().hex[:8]}"
+    proj = Project(root=root, endpoint=endpoint)
+    proj.edit("endpoint.yml", "name: localml-sample", f"name: {endpoint}")
+    proj.edit("blue-deployment.yml", "endpoint_name: localml-sample", f"endpoint_name: {endpoint}")
+    yield proj
+    _remove_containers(endpoint)
+
+
+def _remove_containers(endpoint: str) -> None:
+    try:
+        engine = docker.from_env()
+        for container in engine.containers.list(all=True, filters={"label": f"endpoint={endpoint}"}):
+            container.remove(force=True)
+    except docker.errors.DockerException:
+        pass
+
+
+@pytest.fixture(scope="session")
+def engine() -> docker.DockerClient:
+    """The real Docker engine, with the sample's base image. Fails (never skips) when absent."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"these tests need a Docker engine (scripts/test starts one): {exc}")
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"base image {BASE_IMAGE} missing: run scripts/build-base-image")
+    return client

@@ -1,0 +1,181 @@
+"""The spine on a real Docker engine: real image build, real azmlinfsrv, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import joblib
+import numpy as np
+import pytest
+
+from conftest import REPO, Project
+
+SAMPLE_REQUEST = json.loads((REPO / "specs" / "sample-request.json").read_text())
+
+
+def expected_predictions() -> list[float]:
+    model = joblib.load(REPO / "specs" / "model" / "sklearn_regression_model.pkl")
+    return model.predict(np.asarray(SAMPLE_REQUEST["data"], dtype=float)).tolist()
+
+
+def debug(project: Project, *extra: str, env: dict[str, str] | None = None):
+    return project.run("debug", f"spec={project.spec}", *extra, env=env)
+
+
+def test_debug_then_invoke_returns_the_models_own_predictions(project, engine):
+    result = debug(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "healthy after" in result.stdout
+
+    invoked = project.run("invoke", f"request={REPO / 'specs' / 'sample-request.json'}")
+    assert invoked.returncode == 0, invoked.stdout + invoked.stderr
+    assert "200 from blue" in invoked.stdout
+    body = json.loads(invoked.stdout[invoked.stdout.index("["):])
+    assert body == pytest.approx(expected_predictions(), rel=1e-12)
+
+    container = engine.containers.get(project.container_name())
+    labels = container.labels
+    assert labels["endpoint"] == project.endpoint and labels["deployment"] == "blue"
+    assert "azureml-local-endpoint" in labels and labels["azureml-port"] == labels["localml.scoring-port"]
+    # every published port listens on loopback only
+    bindings = container.attrs["HostConfig"]["PortBindings"]
+    assert set(bindings) == {"5001/tcp", "5678/tcp"}
+    assert all(bind["HostIp"] == "127.0.0.1" for binds in bindings.values() for bind in binds)
+    env = dict(item.split("=", 1) for item in container.attrs["Config"]["Env"])
+    assert env["AZUREML_MODEL_DIR"] == "/var/azureml-app/azureml-models/sample-regression/1"
+    assert env["AML_APP_ROOT"] == "/var/azureml-app/onlinescoring"
+    assert env["AZUREML_ENTRY_SCRIPT"] == "score.py"
+
+    shown = project.run("show")
+    assert shown.returncode == 0, shown.stderr
+    described = json.loads(shown.stdout)
+    assert described["location"] == "local" and described["provisioning_state"] == "Succeeded"
+    assert described["scoring_uri"] == f"http://127.0.0.1:{labels['localml.scoring-port']}/score"
+    assert described["deployments"][0]["name"] == "blue"
+
+    logs = project.run("logs", "tail=50")
+    assert "POST /score 200" in logs.stdout
+
+    deleted = project.run("delete")
+    assert deleted.returncode == 0 and "removed container" in deleted.stdout
+    assert not engine.containers.list(all=True, filters={"name": project.container_name()})
+
+
+def test_second_debug_with_no_change_builds_and_restarts_nothing(project, engine):
+    first = debug(project)
+    assert first.returncode == 0, first.stdout + first.stderr
+    container = engine.containers.get(project.container_name())
+    image_id, container_id, started = container.image.id, container.id, container.attrs["State"]["StartedAt"]
+
+    second = debug(project)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "image        up to date" in second.stdout
+    assert "container    up to date" in second.stdout
+    container = engine.containers.get(project.container_name())
+    assert (container.image.id, container.id, container.attrs["State"]["StartedAt"]) == (
+        image_id, container_id, started)
+
+
+def test_scoring_port_moves_on_when_5001_is_taken(project, engine):
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        blocker.bind(("127.0.0.1", 5001))
+        blocker.listen()
+    except OSError:
+        pass  # something else already holds 5001: the assertion below holds all the same
+    try:
+        result = debug(project)
+        assert result.returncode == 0, result.stdout + result.stderr
+        port = int(engine.containers.get(project.container_name()).labels["localml.scoring-port"])
+        assert port > 5001
+        assert f"scoring on 127.0.0.1:{port}" in result.stdout
+    finally:
+        blocker.close()
+
+
+def test_init_raising_fails_fast_with_the_exception_and_the_line(project, engine):
+    project.edit("onlinescoring/score.py", "    model = joblib.load(model_path)\n",
+                 "    raise RuntimeError('weights are corrupt')\n")
+    result = debug(project)
+    assert result.returncode != 0
+    line = next(n for n, text in enumerate((project.root / "onlinescoring/score.py").read_text().splitlines(), 1)
+                if "weights are corrupt" in text)
+    assert f"onlinescoring/score.py:{line}" in result.stderr
+    assert "RuntimeError: weights are corrupt" in result.stderr
+    assert "in init()" in result.stderr
+    assert "Traceback (most recent call last)" not in result.stdout  # no traceback of ours
+
+
+def test_no_docker_engine_is_one_line_saying_how_to_start_it(project):
+    result = debug(project, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: no Docker engine answers at unix:///nonexistent/docker.sock")
+    assert "dockerd" in errors[0]
+
+
+def test_missing_base_image_names_it_and_the_alias_option(project, engine):
+    (project.root / "localml.yml").unlink()
+    project.edit("blue-deployment.yml", "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
+                 "localml-test/no-such-image:1")
+    result = debug(project)
+    assert result.returncode != 0
+    assert "base image localml-test/no-such-image:1 is not on this machine and cannot be pulled" in result.stderr
+    assert "image_aliases" in result.stderr and "LOCALML_IMAGE_ALIASES" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pip_failure_reports_the_requirement_and_pips_error_line(project, engine):
+    project.edit("environment/conda.yml", "      - numpy==2.4.6\n",
+                 "      - numpy==2.4.6\n      - localml-test-no-such-package==0.0.1\n")
+    result = debug(project)
+    assert result.returncode != 0
+    assert "environment/conda.yml:12" in result.stderr
+    assert "pip could not install 'localml-test-no-such-package==0.0.1'" in result.stderr
+    assert "ERROR: No matching distribution found for localml-test-no-such-package==0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_python_pin_mismatch_is_an_error_unless_allowed(project, engine):
+    project.edit("environment/conda.yml", "python=3.11", "python=3.9")
+    refused = debug(project)
+    assert refused.returncode != 0
+    assert "pins python=3.9, but the base image localml/debian-python:3.11-bookworm has Python 3.11" \
+        in refused.stderr
+    assert "environment/conda.yml:5" in refused.stderr
+    allowed = debug(project, "allow_python_mismatch=1")
+    assert "warning: the conda file pins python=3.9" in allowed.stdout
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_ca_bundle_and_proxy_settings_stay_out_of_the_image(project, engine):
+    result = debug(project)
+    assert result.returncode == 0, result.stdout + result.stderr
+    image = engine.containers.get(project.container_name()).image
+    listing = engine.containers.run(image.id, ["sh", "-c", "ls -a /tmp; ls /tmp/localml 2>&1; true"],
+                                    remove=True).decode()
+    assert "ca.crt" not in listing and "No such file" in listing
+    history = json.dumps(image.history())
+    assert "PIP_CERT" not in history and "PROXY" not in history.upper()
+
+
+def test_doit_list_from_the_repo_dodo_shows_every_task_with_its_doc():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "doit", "list"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    tasks = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    for name in ("validate", "environment", "image", "container", "health", "debug", "invoke", "show", "logs",
+                 "delete", "endpoints"):
+        assert name in tasks and len(tasks[name].split()) > 3, result.stdout
+
+
+def test_spec_error_stops_before_any_docker_work(project):
+    project.edit("blue-deployment.yml", "scoring_script: score.py", "scoring_script: scoring.py")
+    result = debug(project, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode != 0
+    assert "blue-deployment.yml:10" in result.stderr and "scoring script not found" in result.stderr
+    assert "Docker" not in result.stderr
