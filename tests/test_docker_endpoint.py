@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
+
 import joblib
 import numpy as np
 import pytest
-
 from conftest import REPO, Project
 
 SAMPLE_REQUEST = json.loads((REPO / "specs" / "sample-request.json").read_text())

@@ -48,7 +48,8 @@ dependencies:
 
 
 def test_conda_only_package_is_an_error_naming_it_and_its_line(tmp_path):
-    conda = write(tmp_path, "dependencies:\n  - python=3.11\n  - cudatoolkit=11.8\n  - pip:\n    - azureml-inference-server-http\n")
+    conda = write(tmp_path, "dependencies:\n  - python=3.11\n  - cudatoolkit=11.8\n"
+                            "  - pip:\n    - azureml-inference-server-http\n")
     with pytest.raises(LocalmlError) as caught:
         resolve_environment(conda, "i", "i")
     problem = caught.value.problems[0]
