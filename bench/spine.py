@@ -54,7 +54,8 @@ def main() -> None:
     shutil.copytree(REPO / "specs", project)
     shutil.copy(REPO / "localml.yml", project)
     endpoint = f"bench-{uuid.uuid4().hex[:6]}"
-    for name, old in (("endpoint.yml", "name: localml-sample"), ("blue-deployment.yml", "endpoint_name: localml-sample")):
+    renames = (("endpoint.yml", "name: localml-sample"), ("blue-deployment.yml", "endpoint_name: localml-sample"))
+    for name, old in renames:
         path = project / name
         path.write_text(path.read_text().replace(old, old.split(":")[0] + f": {endpoint}"))
     spec = str(project / "blue-deployment.yml")
