@@ -7,9 +7,11 @@ prints one line saying what it did. tasks.py wires them into doit.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from .spec import Deployment, load_deployment
 from .state import current_file, deployment_dir, read_json, state_root, write_json_if_changed
 
 out = Console(highlight=False, soft_wrap=True)
+COMMAND_STARTED = time.time()  # tells "started by this command" from "was already running"
 
 
 @dataclass(frozen=True)
@@ -151,8 +154,21 @@ def check_health(target: Target) -> None:
         path_map=path_map,
         label="health",
     )
-    _line("health", f"healthy after {seconds:.1f} s")
+    since_start = _seconds_since(running.attrs.get("State", {}).get("StartedAt", ""))
+    if since_start is not None and since_start <= time.time() - COMMAND_STARTED:
+        _line("health", f"healthy {since_start:.1f} s after the container started")
+    else:
+        _line("health", f"healthy (answered in {seconds * 1000:.0f} ms)")
     _line("endpoint", f"scoring URI http://{container_stage.LOOPBACK}:{port}/score  (doit invoke request=<file.json>)")
+
+
+def _seconds_since(docker_time: str) -> float | None:
+    """Seconds since a Docker timestamp such as 2026-11-26T00:14:28.687462017Z."""
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", docker_time)
+    if not match:
+        return None
+    started = datetime.fromisoformat(match[1]).replace(tzinfo=timezone.utc).timestamp() + float(match[2] or 0)
+    return time.time() - started
 
 
 # --- around the endpoint ------------------------------------------------------------

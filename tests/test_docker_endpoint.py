@@ -25,7 +25,7 @@ def debug(project: Project, *extra: str, env: dict[str, str] | None = None):
 def test_debug_then_invoke_returns_the_models_own_predictions(project, engine):
     result = debug(project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "healthy after" in result.stdout
+    assert "health       healthy" in result.stdout
 
     invoked = project.run("invoke", f"request={REPO / 'specs' / 'sample-request.json'}")
     assert invoked.returncode == 0, invoked.stdout + invoked.stderr
