@@ -188,9 +188,15 @@ def invoke_endpoint(target: Target, request_path: Path) -> None:
     running = _running_container(target)
     url = lifecycle.scoring_uri(running)
     timeout_s = max(target.resolved().request_timeout_ms / 1000 * 2, 30) if target.resolved_file.exists() else 60
+    sent_at = time.time()
     result = invoke.post(url, payload, timeout_s=timeout_s)
     if not 200 <= result.status < 300:
-        raise invoke.error_for(result, url)
+        # the server answers "check the logs": we do, and show the traceback through run()
+        code_dir = running.labels.get(container_stage.LABEL_CODE_DIR)
+        code_target = running.labels.get(container_stage.LABEL_CODE_TARGET)
+        path_map = {code_target: code_dir} if code_dir and code_target else {}
+        log = docker_engine.container_logs(running, since=sent_at - 1)
+        raise invoke.error_for(result, url, health.extract_cause(log, path_map))
     _line("invoke", f"{result.status} from {target.deployment} in {result.latency_ms:.0f} ms")
     body = json.dumps(result.body, indent=2) if not isinstance(result.body, str) else result.body
     out.print(Syntax(body, "json", theme="ansi_dark", background_color="default") if out.is_terminal else body)

@@ -39,6 +39,7 @@ LABEL_DEBUG_PORT = "localml.debug-port"
 LABEL_SPEC = "localml.spec"
 LABEL_WORKDIR = "localml.workdir"
 LABEL_CODE_DIR = "localml.code-dir"
+LABEL_CODE_TARGET = "localml.code-target"
 
 
 @dataclass
@@ -94,6 +95,7 @@ def render_container(deployment: Deployment, image_tag: str, image_id: str) -> C
         LABEL_SPEC: deployment.spec_path,
         LABEL_WORKDIR: str(Path.cwd()),
         LABEL_CODE_DIR: deployment.code_dir,
+        LABEL_CODE_TARGET: code_target,
     }
     identity = json.dumps(
         {"image": image_tag, "image_id": image_id, "command": command, "env": environment,

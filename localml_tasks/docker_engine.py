@@ -166,7 +166,10 @@ def ports_in_use_by_containers() -> set[int]:
     return used
 
 
-def container_logs(container: Container, tail: int | str = "all") -> str:
+def container_logs(container: Container, tail: int | str = "all", since: float | None = None) -> str:
+    """since: a Unix time; only what was logged after it (whole seconds, so a little before)."""
+    if since is not None:
+        return container.logs(since=int(since)).decode(errors="replace")
     return container.logs(tail=tail).decode(errors="replace")
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import requests
 
-from .errors import LocalmlError
+from .errors import LocalmlError, Problem
+from .health import Cause
 
 
 @dataclass
@@ -51,9 +52,15 @@ def post(url: str, payload: Any, *, timeout_s: float, headers: dict[str, str] | 
     return InvokeResult(status=answer.status_code, latency_ms=latency_ms, body=body)
 
 
-def error_for(result: InvokeResult, url: str) -> LocalmlError:
+def error_for(result: InvokeResult, url: str, cause: Cause | None) -> LocalmlError:
     message = result.body if isinstance(result.body, str) else json.dumps(result.body)
-    return LocalmlError.one(
-        f"the endpoint answered {result.status} at {url}: {message.strip()[:2000]}",
-        fix="see the server's traceback with doit logs; fix run() and invoke again",
-    )
+    text = f"the endpoint answered {result.status} at {url}: {message.strip()[:2000]}"
+    if cause is None:
+        return LocalmlError.one(text, fix="the server's log may say more: doit logs")
+    in_function = f" in {cause.function}()" if cause.function else ""
+    trace = "\n    ".join(cause.traceback)
+    return LocalmlError([Problem(
+        f"{text}\n  cause{in_function}: {cause.summary}\n    {trace}",
+        file=cause.user_file, line=cause.user_line,
+        fix="fix run() in the scoring script, then doit debug and invoke again",
+    )])

@@ -179,3 +179,21 @@ def test_spec_error_stops_before_any_docker_work(project):
     assert result.returncode != 0
     assert "blue-deployment.yml:10" in result.stderr and "scoring script not found" in result.stderr
     assert "Docker" not in result.stderr
+
+
+def test_failing_run_answers_non_zero_with_the_servers_message_and_the_cause(project, engine, tmp_path):
+    assert debug(project).returncode == 0
+    bad_request = tmp_path / "three-features.json"
+    bad_request.write_text('{"data": [[1, 2, 3]]}')
+    result = project.run("invoke", f"request={bad_request}")
+    assert result.returncode != 0
+    assert "the endpoint answered 500" in result.stderr
+    assert "An unexpected error occurred in scoring script" in result.stderr  # the server's own message
+    assert "cause in run(): ValueError: expected 'data' as a list of rows of 10 numbers" in result.stderr
+    assert "onlinescoring/score.py:32" in result.stderr
+
+    broken_json = tmp_path / "broken.json"
+    broken_json.write_text('{"data": [[1, 2, 3]')
+    result = project.run("invoke", f"request={broken_json}")
+    assert result.returncode != 0
+    assert "broken.json:1:20: not valid JSON" in result.stderr
