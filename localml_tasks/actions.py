@@ -7,11 +7,9 @@ prints one line saying what it did. tasks.py wires them into doit.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from . import container as container_stage
-from . import docker_engine, health, image, invoke, lifecycle
+from . import docker_engine, health, image, invoke, lifecycle, server, watch
 from .config import load_project_config
 from .environment import resolve_environment
 from .errors import LocalmlError
@@ -46,6 +44,11 @@ class Target:
     @property
     def build_dir(self) -> Path:
         return self.state_dir / "build"
+
+    @property
+    def runtime_dir(self) -> Path:
+        """Shared with the container's supervisor (its status file)."""
+        return self.state_dir / "runtime"
 
     @property
     def resolved_file(self) -> Path:
@@ -114,7 +117,7 @@ def _container_spec(target: Target) -> container_stage.ContainerSpec:
     image_id = docker_engine.image_id(plan.tag)
     if image_id is None:
         raise LocalmlError.one(f"image {plan.tag} is missing", fix="run doit debug to build it")
-    return container_stage.render_container(deployment, plan.tag, image_id)
+    return container_stage.render_container(deployment, plan.tag, image_id, target.runtime_dir.resolve())
 
 
 def container_is_current(target: Target) -> bool:
@@ -126,9 +129,53 @@ def container_is_current(target: Target) -> bool:
 
 def start_container(target: Target) -> None:
     spec = _container_spec(target)
+    server.clear_status(target.runtime_dir)
     started, scoring, debug, reason = container_stage.start(spec)
+    server.wait_for_supervisor(started, target.runtime_dir)
     _line("container", f"{reason} {spec.name} ({started.short_id}): scoring on {container_stage.LOOPBACK}:{scoring}, "
                        f"debug port {debug}")
+
+
+def watched_files(target: Target) -> list[str]:
+    """Code and model files of the last validated spec (doit's file_dep for the server stage)."""
+    data = read_json(target.resolved_file) or {}
+    return server.watched_files(data.get("code_dir"), data.get("model_path"))
+
+
+def server_is_current(target: Target) -> bool:
+    try:
+        running = docker_engine.get_container(container_stage.container_name(target.endpoint, target.deployment))
+    except LocalmlError:
+        return False
+    return running is not None and server.is_running_in(running, target.runtime_dir)
+
+
+def refresh_server(target: Target, changed: list[str]) -> None:
+    """Reload the server process when code or model changed, or when it is not running."""
+    running = _running_container(target)
+    status = server.read_status(target.runtime_dir)
+    fresh = status and status.belongs_to(running) and status.generation == 1 and status.started_at >= COMMAND_STARTED
+    if fresh:
+        _line("server", "started with the current code and model (new container)")
+        return
+    if status and status.belongs_to(running) and status.state == "exited":
+        why = f"it had exited with code {status.exit_code}"
+    elif changed:
+        names = [_relative_to_spec(target, path) for path in changed]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        why = f"{shown} changed"
+    else:
+        why = "it was not running"
+    started = time.perf_counter()
+    server.reload(running, target.runtime_dir)
+    _line("server", f"reloaded in place — {why} (restart took {(time.perf_counter() - started) * 1000:.0f} ms)")
+
+
+def _relative_to_spec(target: Target, path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(target.spec_path.resolve().parent))
+    except ValueError:
+        return path
 
 
 def check_health(target: Target) -> None:
@@ -142,7 +189,12 @@ def check_health(target: Target) -> None:
 
     def alive() -> bool:
         running.reload()
-        return running.status in ("running", "created")
+        return running.status in ("running", "created") and not server.has_exited(running, target.runtime_dir)
+
+    def log_of_this_start() -> str:
+        status = server.read_status(target.runtime_dir)
+        since = status.started_at - 1 if status and status.belongs_to(running) else None
+        return docker_engine.container_logs(running, since=since)
 
     path_map = {spec.code_target: deployment.code_dir}
     seconds = health.wait_until_healthy(
@@ -150,25 +202,42 @@ def check_health(target: Target) -> None:
         deadline_s=probe.initial_delay + probe.period * probe.failure_threshold,
         request_timeout_s=max(probe.timeout, 1),
         is_alive=alive,
-        read_log=lambda: docker_engine.container_logs(running),
+        read_log=log_of_this_start,
         path_map=path_map,
         label="health",
     )
-    since_start = _seconds_since(running.attrs.get("State", {}).get("StartedAt", ""))
-    if since_start is not None and since_start <= time.time() - COMMAND_STARTED:
-        _line("health", f"healthy {since_start:.1f} s after the container started")
+    status = server.read_status(target.runtime_dir)
+    if status and status.belongs_to(running) and status.started_at >= COMMAND_STARTED:
+        what = "container" if status.generation == 1 else "server"
+        _line("health", f"healthy {time.time() - status.started_at:.1f} s after the {what} started")
     else:
         _line("health", f"healthy (answered in {seconds * 1000:.0f} ms)")
     _line("endpoint", f"scoring URI http://{container_stage.LOOPBACK}:{port}/score  (doit invoke request=<file.json>)")
 
 
-def _seconds_since(docker_time: str) -> float | None:
-    """Seconds since a Docker timestamp such as 2026-11-26T00:14:28.687462017Z."""
-    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", docker_time)
-    if not match:
-        return None
-    started = datetime.fromisoformat(match[1]).replace(tzinfo=timezone.utc).timestamp() + float(match[2] or 0)
-    return time.time() - started
+def watch_deployment(target: Target) -> None:
+    """Follow saves until Ctrl-C: each settled change runs the debug chain again."""
+    # bring it up first (a broken start is reported, and the next save is the fix)
+    watch.run_debug_chain(target.spec_path, target.endpoint_yaml)
+    resolved = read_json(target.resolved_file) or {}
+    endpoint_yaml = str(target.endpoint_yaml) if target.endpoint_yaml else None
+
+    def files() -> list[str]:
+        return watch.deployment_files(read_json(target.resolved_file) or resolved, target.spec_path, endpoint_yaml)
+
+    def on_change(changed: list[str]) -> None:
+        names = [_relative_to_spec(target, path) for path in changed]
+        _line("watch", f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''} changed")
+        if watch.run_debug_chain(target.spec_path, target.endpoint_yaml) != 0:
+            _line("watch", "not healthy: fix the error above and save again")
+        else:
+            _line("watch", "ready — waiting for changes (Ctrl-C stops)")
+
+    _line("watch", f"watching {len(files())} files of {target.deployment} (Ctrl-C stops)")
+    try:
+        watch.watch(files, on_change)
+    except KeyboardInterrupt:
+        _line("watch", "stopped")
 
 
 # --- around the endpoint ------------------------------------------------------------

@@ -20,6 +20,8 @@ from .errors import LocalmlError
 from .image import APP_ROOT, CONTAINER_PORT
 from .spec import Deployment
 
+SUPERVISOR = Path(__file__).resolve().parent / "in_container" / "supervisor.py"
+LOCALML_DIR = "/var/localml"  # our files inside the container: the supervisor and its status folder
 DEBUG_CONTAINER_PORT = 5678
 FIRST_SCORING_PORT = 5001
 FIRST_DEBUG_PORT = 5678
@@ -66,7 +68,13 @@ def model_dir_in_container(deployment: Deployment) -> str:
     return posixpath.join(APP_ROOT, "azureml-models", deployment.model_name, deployment.model_version)
 
 
-def render_container(deployment: Deployment, image_tag: str, image_id: str) -> ContainerSpec:
+def server_command() -> list[str]:
+    """azmlinfsrv as Azure runs it: entry script from AML_APP_ROOT + AZUREML_ENTRY_SCRIPT, port 5001."""
+    return ["sh", "-c", f'exec azmlinfsrv --entry_script "$AML_APP_ROOT/$AZUREML_ENTRY_SCRIPT" --port {CONTAINER_PORT}']
+
+
+def render_container(deployment: Deployment, image_tag: str, image_id: str, runtime_dir: Path) -> ContainerSpec:
+    """runtime_dir: host folder shared with the supervisor for its status file."""
     code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
     script_dir, script_name = posixpath.split(deployment.scoring_script)
     app_root = posixpath.join(code_target, script_dir) if script_dir else code_target
@@ -84,8 +92,10 @@ def render_container(deployment: Deployment, image_tag: str, image_id: str) -> C
             "target": posixpath.join(model_dir, Path(deployment.model_path).name),
             "read_only": True,
         })
-    command = ["sh", "-c",
-               f'exec azmlinfsrv --entry_script "$AML_APP_ROOT/$AZUREML_ENTRY_SCRIPT" --port {CONTAINER_PORT}']
+    mounts.append({"source": str(SUPERVISOR), "target": f"{LOCALML_DIR}/supervisor.py", "read_only": True})
+    mounts.append({"source": str(runtime_dir), "target": f"{LOCALML_DIR}/runtime", "read_only": False})
+    command = ["python", f"{LOCALML_DIR}/supervisor.py", f"{LOCALML_DIR}/runtime/status.json", "--",
+               *server_command()]
     labels = {
         LABEL_LOCAL_ENDPOINT: "",
         LABEL_ENDPOINT: deployment.endpoint_name,
@@ -99,7 +109,9 @@ def render_container(deployment: Deployment, image_tag: str, image_id: str) -> C
     }
     identity = json.dumps(
         {"image": image_tag, "image_id": image_id, "command": command, "env": environment,
-         "mounts": mounts, "labels": labels},
+         "mounts": mounts, "labels": labels,
+         # a new supervisor (a localml upgrade) needs a new container
+         "supervisor": hashlib.sha256(SUPERVISOR.read_bytes()).hexdigest()},
         sort_keys=True,
     )
     return ContainerSpec(

@@ -141,7 +141,7 @@ def wait_until_healthy(
             try:
                 answer = requests.get(url, timeout=request_timeout_s)
                 if answer.status_code == 200:
-                    return elapsed
+                    return time.monotonic() - started
             except requests.RequestException:
                 pass
             if not is_alive():

@@ -1,6 +1,6 @@
 """The doit tasks: wiring only, top to bottom in graph order.
 
-    validate -> environment -> image -> container -> health      (doit debug)
+    validate -> environment -> image -> container -> server -> health      (doit debug)
     invoke, show, logs, delete, endpoints                         (around a running endpoint)
 
 Variables come from doit's command line (`doit debug spec=blue-deployment.yml`); the last
@@ -76,6 +76,16 @@ def _guard(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     return action
 
 
+def _guard_with_changes(function: Callable[..., Any], *args: Any) -> Callable[..., Any]:
+    """Like _guard, and passes on doit's list of changed file_dep (doit fills `changed` by name)."""
+
+    def action(changed: list[str]) -> Any:
+        return _guard(function, *args, changed)()
+
+    action.__name__ = function.__name__
+    return action
+
+
 def _no_target(command: str) -> dict[str, Any]:
     def explain() -> TaskFailed:
         message = f"error: no deployment selected\n  fix: doit {command} spec=path/to/deployment.yml"
@@ -134,6 +144,19 @@ def task_container() -> Iterator[dict[str, Any]]:
         }
 
 
+def task_server() -> Iterator[dict[str, Any]]:
+    """Reload the server in place when code or model files changed (no image build, no new container)."""
+    target = _target()
+    if target:
+        yield {
+            "name": target.deployment,
+            "actions": [_guard_with_changes(actions.refresh_server, target)],
+            "task_dep": [f"container:{target.deployment}"],
+            "file_dep": actions.watched_files(target),
+            "uptodate": [lambda: actions.server_is_current(target)],
+        }
+
+
 def task_health() -> Iterator[dict[str, Any]]:
     """Wait until the endpoint answers its liveness route, or report why it never will."""
     target = _target()
@@ -141,17 +164,25 @@ def task_health() -> Iterator[dict[str, Any]]:
         yield {
             "name": target.deployment,
             "actions": [_guard(actions.check_health, target)],
-            "task_dep": [f"container:{target.deployment}"],
+            "task_dep": [f"server:{target.deployment}"],
             "uptodate": [False],
         }
 
 
 def task_debug() -> dict[str, Any]:
-    """Bring the local endpoint up to date: validate, environment, image, container, health."""
+    """Bring the local endpoint up to date: validate, environment, image, container, server, health."""
     target = _target()
     if not target:
         return _no_target("debug")
     return {"actions": None, "task_dep": [f"health:{target.deployment}"]}
+
+
+def task_watch() -> dict[str, Any]:
+    """Bring the endpoint up, then follow every save (code, model, YAML, conda) until Ctrl-C."""
+    target = _target()
+    if not target:
+        return _no_target("watch")
+    return {"actions": [_guard(actions.watch_deployment, target)], "uptodate": [False]}
 
 
 # --- around a running endpoint ---------------------------------------------------------------

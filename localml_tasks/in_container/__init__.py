@@ -1,0 +1,1 @@
+"""Files that run inside the deployment's container, with the environment's own Python."""
