@@ -137,9 +137,17 @@ def start_container(target: Target) -> None:
 
 
 def watched_files(target: Target) -> list[str]:
-    """Code and model files of the last validated spec (doit's file_dep for the server stage)."""
-    data = read_json(target.resolved_file) or {}
-    return server.watched_files(data.get("code_dir"), data.get("model_path"))
+    """Code and model files (doit's file_dep for the server stage), read when the tasks load.
+
+    From the spec as it is now when it loads (so the very first run records them too), else from
+    the last validated one; the validate stage reports any problem with the spec itself.
+    """
+    try:
+        deployment = load_deployment(target.spec_path, target.endpoint_yaml)
+        return server.watched_files(deployment.code_dir, deployment.model_path)
+    except LocalmlError:
+        data = read_json(target.resolved_file) or {}
+        return server.watched_files(data.get("code_dir"), data.get("model_path"))
 
 
 def server_is_current(target: Target) -> bool:

@@ -105,6 +105,9 @@ class Supervisor:
                 reported_exit = False
             code = self.child.poll()
             if code is not None and not reported_exit:
+                # gunicorn's workers would outlive a killed master and keep the port: end them too
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.child.pid, signal.SIGKILL)
                 log(f"server exited with code {code} (generation {self.generation}); waiting for a reload")
                 self.write_status("exited", exit_code=code)
                 reported_exit = True
