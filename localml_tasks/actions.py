@@ -84,6 +84,11 @@ def validate(target: Target) -> None:
 
 def resolve(target: Target, allow_python_mismatch: bool) -> None:
     deployment = target.resolved()
+    if deployment.build_context:
+        raise LocalmlError.one(
+            "environment.build (your own Docker build context) is valid, but localml cannot run it yet",
+            file=deployment.spec_path, key="environment.build",
+            fix="for now give environment.image + environment.conda_file")
     assert deployment.conda_file and deployment.image  # validation guarantees both
     config = load_project_config()
     base = config.resolve_image(deployment.image)
@@ -94,11 +99,12 @@ def resolve(target: Target, allow_python_mismatch: bool) -> None:
     _line("environment", f"{python}, {len(env.requirements)} pip requirements, base {base}{via} → {plan.tag}")
 
 
-def build(target: Target) -> None:
+def build(target: Target, no_cache: bool) -> None:
     plan = image.load_plan(target.build_dir)
     assert plan is not None
-    _line("image", f"building {plan.tag} from {Path(plan.conda_file).name} …")
-    image_id, seconds = image.build_image(target.build_dir)
+    why = " without Docker's cache (no_cache=1)" if no_cache else ""
+    _line("image", f"building {plan.tag} from {Path(plan.conda_file).name}{why} …")
+    image_id, seconds = image.build_image(target.build_dir, no_cache=no_cache)
     _line("image", f"built {plan.tag} ({image_id[7:19]}) in {seconds:.1f} s")
 
 

@@ -12,14 +12,22 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
-
-import docker
-import docker.errors
-import docker.types
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from .errors import LocalmlError
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+
+def _docker():
+    """The Docker SDK, imported on first use: `doit validate` and `doit list` never pay for it."""
+    import docker
+    import docker.errors
+    import docker.types
+
+    return docker
 
 START_ENGINE_HINT = (
     "start it (Linux: `sudo systemctl start docker` or `sudo dockerd &`; "
@@ -30,9 +38,9 @@ START_ENGINE_HINT = (
 @cache
 def client() -> docker.DockerClient:
     try:
-        engine = docker.from_env(timeout=120)
+        engine = _docker().from_env(timeout=120)
         engine.ping()
-    except docker.errors.DockerException:
+    except _docker().errors.DockerException:
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise LocalmlError.one(f"no Docker engine answers at {where}: {START_ENGINE_HINT}") from None
     return engine
@@ -57,7 +65,7 @@ def _short(exc: BaseException) -> str:
 def image_id(name: str) -> str | None:
     try:
         return client().images.get(name).id
-    except docker.errors.ImageNotFound:
+    except _docker().errors.ImageNotFound:
         return None
 
 
@@ -65,23 +73,23 @@ def pull(name: str) -> str | None:
     """Try the registry once; None when it cannot be had (no network, no such image)."""
     try:
         return client().images.pull(name).id
-    except docker.errors.APIError:
+    except _docker().errors.APIError:
         return None
 
 
 def image_labels(name: str) -> dict[str, str]:
     try:
         return client().images.get(name).labels or {}
-    except docker.errors.ImageNotFound:
+    except _docker().errors.ImageNotFound:
         return {}
 
 
 def remove_image(name: str) -> bool:
     try:
         client().images.remove(name)
-    except docker.errors.ImageNotFound:
+    except _docker().errors.ImageNotFound:
         return False
-    except docker.errors.APIError as exc:
+    except _docker().errors.APIError as exc:
         raise LocalmlError.one(f"could not remove image {name}: {_short(exc)}") from None
     return True
 
@@ -95,10 +103,11 @@ class BuildEvent:
     error: str | None = None
 
 
-def build(context_dir: str, tag: str, buildargs: dict[str, str]) -> Iterator[BuildEvent]:
+def build(context_dir: str, tag: str, buildargs: dict[str, str], *, nocache: bool = False) -> Iterator[BuildEvent]:
     """Stream the classic builder's output; a final event carries the error, if any."""
     stream = client().api.build(
-        path=context_dir, tag=tag, buildargs=buildargs, rm=True, forcerm=True, decode=True, pull=False
+        path=context_dir, tag=tag, buildargs=buildargs, rm=True, forcerm=True, decode=True, pull=False,
+        nocache=nocache,
     )
     for chunk in stream:
         if "error" in chunk:
@@ -128,7 +137,7 @@ def run_once(image: str, command: list[str]) -> tuple[int, str]:
 def get_container(name: str) -> Container | None:
     try:
         return client().containers.get(name)
-    except docker.errors.NotFound:
+    except _docker().errors.NotFound:
         return None
 
 
@@ -138,19 +147,19 @@ def list_containers(label_filters: list[str]) -> list[Container]:
 
 def create_container(binds: list[dict[str, Any]], **kwargs: Any) -> Container:
     """binds: [{source, target, read_only}] host folders/files mounted as they are."""
-    mounts = [docker.types.Mount(target=b["target"], source=b["source"], type="bind", read_only=b["read_only"])
+    mounts = [_docker().types.Mount(target=b["target"], source=b["source"], type="bind", read_only=b["read_only"])
               for b in binds]
     try:
         container = client().containers.create(mounts=mounts, **kwargs)
         container.start()
-    except docker.errors.APIError as exc:
+    except _docker().errors.APIError as exc:
         raise LocalmlError.one(f"Docker could not start the container: {_short(exc)}") from None
     container.reload()
     return container
 
 
 def remove_container(container: Container) -> None:
-    with contextlib.suppress(docker.errors.NotFound):
+    with contextlib.suppress(_docker().errors.NotFound):
         container.remove(force=True)
 
 

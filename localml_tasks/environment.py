@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import LocalmlError, Problem
-from .spec import INFERENCE_SERVER_PACKAGES
 from .yamlsource import load_yaml
 
 # conda name -> PyPI name, where they differ
@@ -45,6 +44,9 @@ CONDA_ONLY = {
     "ncurses", "readline", "sqlite", "tk", "xz", "bzip2", "ld_impl_linux-64", "_libgcc_mutex",
     "libuuid", "libxcb", "cpuonly", "magma-cuda",
 }
+
+# Azure requires one of these in the environment: they bring the inference server
+INFERENCE_SERVER_PACKAGES = ("azureml-inference-server-http", "azureml-defaults")
 
 # always installed beside the user's packages: the debugger the devcontainer attaches to
 EXTRA_REQUIREMENTS = ("debugpy",)

@@ -222,14 +222,14 @@ def proxy_build_args() -> dict[str, str]:
     return args
 
 
-def build_image(build_dir: Path, *, echo: bool = True) -> tuple[str, float]:
-    """Build the planned image; returns (image id, seconds)."""
+def build_image(build_dir: Path, *, echo: bool = True, no_cache: bool = False) -> tuple[str, float]:
+    """Build the planned image; returns (image id, seconds). no_cache: ignore Docker's layer cache."""
     plan = load_plan(build_dir)
     if plan is None:
         raise LocalmlError.one("no build plan; run the environment stage first (doit debug does)")
     started = time.monotonic()
     lines: list[str] = []
-    for event in docker_engine.build(str(build_dir), plan.tag, proxy_build_args()):
+    for event in docker_engine.build(str(build_dir), plan.tag, proxy_build_args(), nocache=no_cache):
         if event.error is not None:
             raise parse_build_failure(lines, event.error, plan.conda_file)
         lines.append(event.line)

@@ -7,9 +7,7 @@ machine, not only those started from this folder.
 from __future__ import annotations
 
 import json
-from typing import Any
-
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from . import docker_engine
 from .container import (
@@ -24,6 +22,9 @@ from .container import (
     LABEL_SPEC,
     LOOPBACK,
 )
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 
 def provisioning_state(container: Container) -> str:

@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from docker.models.containers import Container
+from typing import TYPE_CHECKING
 
 from .errors import LocalmlError
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 STATUS_FILE_NAME = "status.json"
 SKIPPED_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints", ".pytest_cache", ".mypy_cache", ".localml"}

@@ -8,19 +8,18 @@ the file, line and key that caused it.
 from __future__ import annotations
 
 import ast
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import schema
+from .environment import resolve_environment
 from .errors import LocalmlError, Problem
 from .yamlsource import YamlDocument, load_yaml
 
 ENDPOINT_FILE_NAMES = ("endpoint.yml", "endpoint.yaml")
-NAME_RULE = re.compile(r"^[a-zA-Z][-a-zA-Z0-9]{1,30}[a-zA-Z0-9]$")
-INFERENCE_SERVER_PACKAGES = ("azureml-inference-server-http", "azureml-defaults")
 
 
 @dataclass
@@ -48,6 +47,8 @@ class Deployment:
     conda_file: str | None
     image: str | None
     environment_variables: dict[str, str]
+    build_context: str | None = None  # environment.build.path, resolved
+    dockerfile_path: str | None = None  # relative to build_context
     readiness_probe: Probe = field(default_factory=Probe)
     request_timeout_ms: int = 5000
     endpoint_data: dict[str, Any] = field(default_factory=dict)
@@ -109,11 +110,10 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None) -> Deplo
 
     endpoint_doc = _load_endpoint(spec_path, endpoint_path)
     endpoint_data = endpoint_doc.data if endpoint_doc else {}
+    schema_problems = schema.check(doc, "deployment")
+    endpoint_problems = schema.check(endpoint_doc, "endpoint") if endpoint_doc else []
 
     name = checker.required_str(("name",))
-    if name and not NAME_RULE.match(name):
-        checker.problem(("name",), f"'{name}' is not a valid deployment name",
-                        "3-32 characters: letters, digits and '-', starting with a letter")
     endpoint_name = data.get("endpoint_name") or (endpoint_data or {}).get("name")
     if not endpoint_name:
         checker.problem(("endpoint_name",), "no endpoint name",
@@ -132,8 +132,12 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None) -> Deplo
     probe = checker.probe()
     timeout_ms = checker.request_timeout_ms()
 
-    if checker.problems:
-        raise LocalmlError(checker.problems)
+    # the schema's word on a key wins; the semantic checks add what it cannot know (files, code)
+    reported = _keys_named(schema_problems)
+    semantic = [p for p in checker.problems if p.file != str(spec_path) or not _under_any(p.key, reported)]
+    problems = endpoint_problems + schema_problems + semantic
+    if problems:
+        raise LocalmlError(problems)
     return Deployment(
         spec_path=str(spec_path),
         endpoint_name=str(endpoint_name),
@@ -147,11 +151,38 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None) -> Deplo
         conda_file=str(conda_file) if conda_file else None,
         image=image,
         environment_variables=env_vars,
+        build_context=checker.build_context,
+        dockerfile_path=checker.dockerfile_path,
         readiness_probe=probe,
         request_timeout_ms=timeout_ms,
         endpoint_data=endpoint_data or {},
         deployment_data=data,
     )
+
+
+def _keys_named(problems: list[Problem]) -> set[str]:
+    """Key paths a schema problem is about: its own, a missing key's, a "did you mean" key's."""
+    keys: set[str] = set()
+    for problem in problems:
+        parent = problem.key or ""
+        if problem.key:
+            keys.add(problem.key)
+        named = None
+        if problem.message.startswith("missing required key '"):
+            named = problem.message.split("'")[1]
+        elif problem.fix and problem.fix.startswith("did you mean '"):
+            parent = parent.rsplit(".", 1)[0] if "." in parent else ""
+            named = problem.fix.split("'")[1]
+        if named:
+            keys.add(f"{parent}.{named}" if parent else named)
+    return keys
+
+
+def _under_any(key: str | None, reported: set[str]) -> bool:
+    if not key:
+        return False
+    return any(key == r or key.startswith(r + ".") or key.startswith(r + "[") or r.startswith(key + ".")
+               for r in reported)
 
 
 def _load_endpoint(spec_path: Path, endpoint_path: Path | None) -> YamlDocument | None:
@@ -183,8 +214,12 @@ class _Checker:
         self.data: dict[str, Any] = doc.data if isinstance(doc.data, dict) else {}
         self.base = doc.path.parent
         self.problems: list[Problem] = []
+        self.build_context: str | None = None
+        self.dockerfile_path: str | None = None
 
     def problem(self, key: tuple, message: str, fix: str | None = None) -> None:
+        if message == "missing":
+            message = f"missing required key '{key[-1]}'"
         self.problems.append(Problem(message, fix=fix, **self.doc.where(key)))
 
     def get(self, key: tuple) -> Any:
@@ -316,13 +351,12 @@ class _Checker:
         if not isinstance(value, dict):
             self.problem(key, f"expected a mapping, found a {_kind(value)}")
             return None, None
-        if value.get("build") is not None:
-            self.problem((*key, "build"), "environment.build (a Docker build context) is not supported yet",
-                         "use image + conda_file for now")
-            return None, None
+        if isinstance(value.get("build"), dict):
+            self._build_context(value["build"])
+            return None, value.get("image") if isinstance(value.get("image"), str) else None
         image = value.get("image")
         if image is None:
-            self.problem((*key, "image"), "missing", "add image: <base image with Python>")
+            self.problem((*key, "image"), "missing", "add image: <base image with Python>, or build: {path: ...}")
         elif not isinstance(image, str):
             self.problem((*key, "image"), f"expected a string, found a {_kind(image)}")
             image = None
@@ -330,7 +364,23 @@ class _Checker:
         if value.get("conda_file") is None:
             self.problem((*key, "conda_file"), "missing",
                          "add conda_file: <conda.yml listing azureml-inference-server-http under pip>")
+        if conda is not None:
+            try:
+                resolve_environment(conda, str(image), str(image))
+            except LocalmlError as exc:
+                self.problems.extend(exc.problems)
         return conda, image
+
+    def _build_context(self, build: dict[str, Any]) -> None:
+        key = ("environment", "build")
+        context = self.local_path((*key, "path"), "build context folder", directory=True)
+        dockerfile = build.get("dockerfile_path", "Dockerfile")
+        if context is not None and isinstance(dockerfile, str):
+            self.build_context, self.dockerfile_path = str(context), dockerfile
+        if context is not None and isinstance(dockerfile, str) and not (context / dockerfile).is_file():
+            self.problem((*key, "dockerfile_path") if "dockerfile_path" in build else (*key, "path"),
+                         f"no Dockerfile at {context / dockerfile}",
+                         "dockerfile_path is relative to the build context folder (default: Dockerfile)")
 
     def environment_variables(self) -> dict[str, str]:
         key = ("environment_variables",)

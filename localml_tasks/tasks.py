@@ -122,12 +122,13 @@ def task_image() -> Iterator[dict[str, Any]]:
     target = _target()
     if target:
         build = target.build_dir
+        no_cache = _flag("no_cache")  # rebuild from the base image, e.g. to pick up new releases of unpinned packages
         yield {
             "name": target.deployment,
-            "actions": [_guard(actions.build, target)],
+            "actions": [_guard(actions.build, target, no_cache)],
             "task_dep": [f"environment:{target.deployment}"],
             "file_dep": [build / "Dockerfile", build / "requirements.txt", build / "plan.json"],
-            "uptodate": [lambda: actions.image_is_current(target)],
+            "uptodate": [lambda: not no_cache and actions.image_is_current(target)],
         }
 
 

@@ -50,9 +50,13 @@ def load_yaml(path: Path) -> YamlDocument:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context
+        if exc.context_mark and mark and mark.index >= len(text.rstrip()):
+            # "unexpected end of stream": the line that opened the unclosed thing helps more
+            mark, what = exc.context_mark, f"{what} ({exc.context} opened here)"
         hint = "YAML indents with spaces only" if "\t" in text else "check the indentation and quoting here"
         raise LocalmlError.one(
-            f"not valid YAML: {exc.problem or exc.context}",
+            f"not valid YAML: {what}",
             file=str(path),
             line=mark.line + 1 if mark else None,
             column=mark.column + 1 if mark else None,

@@ -1,0 +1,242 @@
+"""Benchmark of the edit loop on the sample (a script, not a test).
+
+    .venv/bin/python bench/edit_loop.py [--runs 5] [--azure-runs 2] [--env-runs 1] [--invokes 200]
+
+In one run, side by side, on a private copy of specs/ (its own endpoint name, removed at the end):
+- localml: cold debug from the base image, no-op debug, code edit / config edit / environment edit
+  -> first correct response, invoke through `localml invoke` and as plain HTTP (p50/p99);
+- the Azure way for the same code and config edits: the image built again (without Docker's
+  cache, as Azure's local endpoint solves the environment on every update), the container
+  recreated, a fixed 15 s wait, then the request; and the same with Docker's build cache, the
+  most generous reading of it.
+Prints medians and the ratio per row as a Markdown table (the one in the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import docker
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from localml_tasks import container as container_stage  # noqa: E402
+from localml_tasks import image as image_stage  # noqa: E402
+from localml_tasks.spec import load_deployment  # noqa: E402
+
+AZURE_FIXED_WAIT_S = 15  # what Azure's local endpoint sleeps instead of checking health
+
+
+class Bench:
+    def __init__(self, root: Path, endpoint: str) -> None:
+        self.root = root
+        self.endpoint = endpoint
+        self.spec = root / "blue-deployment.yml"
+        self.state = root / ".localml" / "endpoints" / endpoint / "blue"
+        self.request = json.loads((root / "sample-request.json").read_text())
+        self.engine = docker.from_env()
+        self.session = requests.Session()
+        self.offset = 0
+        self.scale = 1
+
+    def localml(self, *args: str) -> float:
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "localml_tasks", *args], cwd=self.root,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"localml {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return time.perf_counter() - started
+
+    @property
+    def url(self) -> str:
+        container = self.engine.containers.get(f"localml-{self.endpoint}-blue")
+        return f"http://127.0.0.1:{container.labels['localml.scoring-port']}/score"
+
+    def answer(self) -> list[float] | None:
+        try:
+            reply = self.session.post(self.url, json=self.request, timeout=30)
+        except (requests.RequestException, docker.errors.NotFound):
+            return None
+        return reply.json() if reply.status_code == 200 else None
+
+    def wait_for(self, expected: Callable[[list[float]], bool], timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.answer()
+            if got is not None and expected(got):
+                return
+            time.sleep(0.05)
+        raise SystemExit("the expected answer never came back")
+
+    def edit_code(self) -> None:
+        self.offset += 1
+        (self.root / "onlinescoring" / "helper.py").write_text(f"OFFSET = {self.offset}.0\n")
+
+    def edit_config(self) -> None:
+        self.scale = 2 if self.scale == 1 else 1
+        text = self.spec.read_text()
+        start = text.index("SAMPLE_OUTPUT_SCALE:")
+        end = text.index("\n", start)
+        self.spec.write_text(text[:start] + f"SAMPLE_OUTPUT_SCALE: {self.scale}" + text[end:])
+
+    def expected(self, base: list[float]) -> Callable[[list[float]], bool]:
+        scale, offset = self.scale, self.offset
+        return lambda got: abs(got[0] - (base[0] * scale + offset)) < 1e-6
+
+    def azure_way(self, nocache: bool) -> None:
+        """Azure's update: build the image, recreate the container, sleep 15 s, then ask."""
+        build_dir = self.state / "build"
+        plan = image_stage.load_plan(build_dir)
+        assert plan is not None
+        self.engine.images.build(path=str(build_dir), tag=plan.tag, nocache=nocache, rm=True,
+                                 buildargs=image_stage.proxy_build_args())
+        spec = container_stage.render_container(load_deployment(self.spec), plan.tag,
+                                                self.engine.images.get(plan.tag).id,
+                                                (self.state / "runtime").resolve())
+        container_stage.start(spec)  # removes the old container first
+        time.sleep(AZURE_FIXED_WAIT_S)
+
+
+def median_time(runs: int, cycle: Callable[[], None]) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        cycle()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def prepare(workdir: Path) -> Bench:
+    """A copy of the sample whose score.py imports a helper module, so a code edit shows in the answer."""
+    root = workdir / "project"
+    shutil.copytree(REPO / "specs", root)
+    shutil.copy(REPO / "localml.yml", root)
+    endpoint = f"bench-{uuid.uuid4().hex[:6]}"
+    for name, key in (("endpoint.yml", "name"), ("blue-deployment.yml", "endpoint_name")):
+        path = root / name
+        path.write_text(path.read_text().replace(f"{key}: localml-sample", f"{key}: {endpoint}"))
+    (root / "onlinescoring" / "helper.py").write_text("OFFSET = 0.0\n")
+    score = root / "onlinescoring" / "score.py"
+    score.write_text(score.read_text()
+                     .replace("import numpy as np\n", "import numpy as np\n\nimport helper\n")
+                     .replace("model.predict(data) * scale\n", "model.predict(data) * scale + helper.OFFSET\n"))
+    return Bench(root, endpoint)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--azure-runs", type=int, default=2)
+    parser.add_argument("--env-runs", type=int, default=1)
+    parser.add_argument("--invokes", type=int, default=200)
+    options = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="localml-bench-"))
+    bench = prepare(workdir)
+    spec = f"spec={bench.spec}"
+    rows: list[tuple[str, str, str, str]] = []  # what, localml, the Azure way, ratio
+    try:
+        validate_ms = []
+        for _ in range(20):
+            started = time.perf_counter()
+            load_deployment(bench.spec)
+            validate_ms.append((time.perf_counter() - started) * 1000)
+        rows.append(("validate the sample (in process, median of 20)", f"{statistics.median(validate_ms):.1f} ms",
+                     "", ""))
+
+        # cold: the environment built from the base image without Docker's cache
+        cold = bench.localml("debug", spec, "no_cache=1")
+        rows.append(("cold `debug` from the base image (pip install, container, healthy)", f"{cold:.1f} s", "", ""))
+
+        noop = median_time(options.runs, lambda: bench.localml("debug"))
+        rows.append((f"no-op `debug` (median of {options.runs})", f"{noop:.2f} s", "", ""))
+
+        base = bench.answer()
+        assert base is not None
+
+        def code_edit(how: Callable[[], None]) -> Callable[[], None]:
+            def cycle() -> None:
+                bench.edit_code()
+                how()
+                bench.wait_for(bench.expected(base))
+            return cycle
+
+        def config_edit(how: Callable[[], None]) -> Callable[[], None]:
+            def cycle() -> None:
+                bench.edit_config()
+                how()
+                bench.wait_for(bench.expected(base))
+            return cycle
+
+        with_localml = lambda: bench.localml("debug")  # noqa: E731
+        azure_nocache = lambda: bench.azure_way(nocache=True)  # noqa: E731
+        azure_cached = lambda: bench.azure_way(nocache=False)  # noqa: E731
+
+        ours = median_time(options.runs, code_edit(with_localml))
+        azure = median_time(options.azure_runs, code_edit(azure_nocache))
+        cached = median_time(options.azure_runs, code_edit(azure_cached))
+        bench.localml("debug")  # back to a container localml made
+        rows.append((f"code edit → first new answer (median of {options.runs} / {options.azure_runs})",
+                     f"{ours:.2f} s", f"{azure:.1f} s", f"{azure / ours:.0f}×"))
+        rows.append(("code edit, the Azure way with Docker's build cache", f"{ours:.2f} s", f"{cached:.1f} s",
+                     f"{cached / ours:.0f}×"))
+
+        ours = median_time(options.runs, config_edit(with_localml))
+        cached = median_time(options.azure_runs, config_edit(azure_cached))
+        bench.localml("debug")
+        rows.append((f"config edit → first correct answer (median of {options.runs} / {options.azure_runs}; "
+                     "Azure way with build cache)", f"{ours:.2f} s", f"{cached:.1f} s", f"{cached / ours:.1f}×"))
+
+        conda = bench.root / "environment" / "conda.yml"
+        original_conda = conda.read_text()
+        def env_edit() -> None:
+            # a requirement text never built before, so Docker's cache cannot answer for it
+            unique = f"six>=1.0,!=0.{uuid.uuid4().int % 10**9}"
+            conda.write_text(original_conda.replace("      - numpy==2.4.6\n",
+                                                    f"      - numpy==2.4.6\n      - {unique}\n"))
+            bench.localml("debug")
+            bench.wait_for(bench.expected(base))
+
+        ours = median_time(options.env_runs, env_edit)
+        rows.append((f"environment edit (a pip package added) → first answer (median of {options.env_runs})",
+                     f"{ours:.1f} s", "", ""))
+
+        request_file = bench.root / "sample-request.json"
+        via_cli = median_time(options.runs, lambda: bench.localml("invoke", f"request={request_file}"))
+        latencies = []
+        for _ in range(options.invokes):
+            started = time.perf_counter()
+            bench.answer()
+            latencies.append((time.perf_counter() - started) * 1000)
+        rows.append((f"`invoke` command, end to end (median of {options.runs})", f"{via_cli * 1000:.0f} ms", "", ""))
+        rows.append((f"plain HTTP POST /score p50 / p99 (of {options.invokes})",
+                     f"{percentile(latencies, 50):.1f} / {percentile(latencies, 99):.1f} ms", "", ""))
+    finally:
+        subprocess.run([sys.executable, "-m", "localml_tasks", "delete", "images=1"], cwd=bench.root,
+                       capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print("| measurement | localml | the Azure way | ratio |")
+    print("|---|---|---|---|")
+    for what, ours_text, azure_text, ratio in rows:
+        print(f"| {what} | {ours_text} | {azure_text} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
