@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from . import container as container_stage
-from . import docker_engine, health, image, invoke, lifecycle, server, watch
+from . import devcontainer, docker_engine, health, image, invoke, lifecycle, server, vscode, watch
 from .config import load_project_config
 from .environment import resolve_environment
 from .errors import LocalmlError
@@ -26,6 +26,23 @@ from .state import current_file, deployment_dir, read_json, state_root, write_js
 
 out = Console(highlight=False, soft_wrap=True)
 COMMAND_STARTED = time.time()  # tells "started by this command" from "was already running"
+
+
+@dataclass(frozen=True)
+class ServerMode:
+    """How the server runs: under debugpy in one process (the default of `debug`), or as azmlinfsrv."""
+
+    debugger: bool = True
+    wait: bool = False  # wait for a debugger to attach before init() runs
+
+    @property
+    def command(self) -> dict[str, Any]:
+        return container_stage.server_command(self.debugger, self.wait and self.debugger)
+
+    def describe(self) -> str:
+        if not self.debugger:
+            return "as azmlinfsrv (debugger=0)"
+        return "under debugpy, waiting for a debugger (wait=1)" if self.wait else "under debugpy"
 
 
 @dataclass(frozen=True)
@@ -51,6 +68,11 @@ class Target:
         return self.state_dir / "runtime"
 
     @property
+    def launch_file(self) -> Path:
+        """The launch configuration for VS Code on the host."""
+        return self.state_dir / "launch.json"
+
+    @property
     def resolved_file(self) -> Path:
         return self.state_dir / "deployment.json"
 
@@ -63,7 +85,7 @@ class Target:
 
 
 def _line(stage: str, text: str) -> None:
-    out.print(f"[bold]{stage:<12}[/] {text}")
+    out.print(f"[bold]{stage:<13}[/] {text}")
 
 
 # --- debug chain -------------------------------------------------------------------
@@ -123,7 +145,8 @@ def _container_spec(target: Target) -> container_stage.ContainerSpec:
     image_id = docker_engine.image_id(plan.tag)
     if image_id is None:
         raise LocalmlError.one(f"image {plan.tag} is missing", fix="run doit debug to build it")
-    return container_stage.render_container(deployment, plan.tag, image_id, target.runtime_dir.resolve())
+    return container_stage.render_container(deployment, plan.tag, image_id, target.runtime_dir.resolve(),
+                                            target.state_dir.resolve())
 
 
 def container_is_current(target: Target) -> bool:
@@ -133,9 +156,10 @@ def container_is_current(target: Target) -> bool:
         return False
 
 
-def start_container(target: Target) -> None:
+def start_container(target: Target, mode: ServerMode) -> None:
     spec = _container_spec(target)
     server.clear_status(target.runtime_dir)
+    server.write_command(target.runtime_dir, mode.command)
     started, scoring, debug, reason = container_stage.start(spec)
     server.wait_for_supervisor(started, target.runtime_dir)
     _line("container", f"{reason} {spec.name} ({started.short_id}): scoring on {container_stage.LOOPBACK}:{scoring}, "
@@ -156,24 +180,27 @@ def watched_files(target: Target) -> list[str]:
         return server.watched_files(data.get("code_dir"), data.get("model_path"))
 
 
-def server_is_current(target: Target) -> bool:
+def server_is_current(target: Target, mode: ServerMode) -> bool:
     try:
         running = docker_engine.get_container(container_stage.container_name(target.endpoint, target.deployment))
     except LocalmlError:
         return False
-    return running is not None and server.is_running_in(running, target.runtime_dir)
+    return running is not None and server.is_running_in(running, target.runtime_dir, mode.command)
 
 
-def refresh_server(target: Target, changed: list[str]) -> None:
-    """Reload the server process when code or model changed, or when it is not running."""
+def refresh_server(target: Target, mode: ServerMode, changed: list[str]) -> None:
+    """Reload the server process when code or model changed, its mode changed, or it is not running."""
     running = _running_container(target)
     status = server.read_status(target.runtime_dir)
-    fresh = status and status.belongs_to(running) and status.generation == 1 and status.started_at >= COMMAND_STARTED
-    if fresh:
-        _line("server", "started with the current code and model (new container)")
+    mine = status is not None and status.belongs_to(running)
+    if mine and status.generation == 1 and status.started_at >= COMMAND_STARTED and status.command == mode.command:
+        _line("server", f"started {mode.describe()} with the current code and model (new container)")
+        _await_debugger_port(running, target, mode)
         return
-    if status and status.belongs_to(running) and status.state == "exited":
+    if mine and status.state == "exited":
         why = f"it had exited with code {status.exit_code}"
+    elif mine and status.command != mode.command:
+        why = f"now {mode.describe()}"
     elif changed:
         names = [_relative_to_spec(target, path) for path in changed]
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -181,8 +208,60 @@ def refresh_server(target: Target, changed: list[str]) -> None:
     else:
         why = "it was not running"
     started = time.perf_counter()
-    server.reload(running, target.runtime_dir)
+    server.reload(running, target.runtime_dir, mode.command)
     _line("server", f"reloaded in place — {why} (restart took {(time.perf_counter() - started) * 1000:.0f} ms)")
+    _await_debugger_port(running, target, mode)
+
+
+def _await_debugger_port(running: Any, target: Target, mode: ServerMode) -> None:
+    """With wait=1 the next stages tell the user to attach: make sure debugpy listens by then."""
+    if mode.debugger and mode.wait and server.wait_for_debugger_port(running, target.runtime_dir):
+        port = running.labels[container_stage.LABEL_DEBUG_PORT]
+        _line("server", f"waiting for a debugger on {container_stage.LOOPBACK}:{port} before init() runs")
+
+
+def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
+    """.devcontainer/devcontainer.json and launch.json in the state folder, for the running container."""
+    running = _running_container(target)
+    spec = _container_spec(target)
+    scoring = int(running.labels[container_stage.LABEL_SCORING_PORT])
+    debug = int(running.labels[container_stage.LABEL_DEBUG_PORT])
+    folder = target.state_dir.resolve()
+    config = devcontainer.render_devcontainer(spec, scoring, debug, folder)
+    # in the template's order: people read these files
+    changed = write_json_if_changed(folder / ".devcontainer" / "devcontainer.json", config, sort_keys=False)
+    launch = devcontainer.render_host_launch_file(target.resolved().code_dir, spec.code_target, debug)
+    changed |= write_json_if_changed(target.launch_file, launch, sort_keys=False)
+    shown = _display(target.launch_file)
+    _line("devcontainer", f"{'written' if changed else 'up to date'}: {_display(folder / '.devcontainer')}, "
+                          f"launch configuration {shown}")
+    if merge_into_user_launch:
+        user_file = Path.cwd() / ".vscode" / "launch.json"
+        backup = devcontainer.merge_launch(user_file, launch["configurations"][0])
+        kept = f" (previous version kept as {backup.name})" if backup else ""
+        _line("devcontainer", f"'{devcontainer.LAUNCH_NAME}' merged into {_display(user_file)}{kept}")
+
+
+def open_vscode(target: Target, enabled: bool) -> None:
+    running = _running_container(target)
+    debug = running.labels[container_stage.LABEL_DEBUG_PORT]
+    how = (f"attach a debugger to {container_stage.LOOPBACK}:{debug} with '{devcontainer.LAUNCH_NAME}' from "
+           f"{_display(target.launch_file)}, or open {_display(target.state_dir)} in VS Code: Reopen in Container")
+    if not enabled:
+        _line("vscode", f"skipped (vscode=0); {how}")
+        return
+    command = vscode.launch(target.state_dir.resolve(), running.labels[container_stage.LABEL_CODE_TARGET])
+    if command is None:
+        _line("vscode", f"`code` is not on PATH: {how}")
+    else:
+        _line("vscode", f"opened the dev container: {' '.join(command)}")
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _relative_to_spec(target: Target, path: str) -> str:

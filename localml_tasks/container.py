@@ -17,11 +17,11 @@ from typing import Any
 
 from . import docker_engine
 from .errors import LocalmlError
-from .image import APP_ROOT, CONTAINER_PORT
+from .image import APP_ROOT, BIN_DIR, CONTAINER_PORT, RUNTIME_DIR
 from .spec import Deployment
 
-SUPERVISOR = Path(__file__).resolve().parent / "in_container" / "supervisor.py"
-LOCALML_DIR = "/var/localml"  # our files inside the container: the supervisor and its status folder
+IN_CONTAINER = Path(__file__).resolve().parent / "in_container"  # mounted read-only at BIN_DIR
+SUPERVISOR = IN_CONTAINER / "supervisor.py"
 DEBUG_CONTAINER_PORT = 5678
 FIRST_SCORING_PORT = 5001
 FIRST_DEBUG_PORT = 5678
@@ -42,6 +42,9 @@ LABEL_SPEC = "localml.spec"
 LABEL_WORKDIR = "localml.workdir"
 LABEL_CODE_DIR = "localml.code-dir"
 LABEL_CODE_TARGET = "localml.code-target"
+# the dev containers spec's labels: VS Code and @devcontainers/cli find (and reuse) a container by them
+LABEL_DEVCONTAINER_FOLDER = "devcontainer.local_folder"
+LABEL_DEVCONTAINER_CONFIG = "devcontainer.config_file"
 
 
 @dataclass
@@ -68,34 +71,47 @@ def model_dir_in_container(deployment: Deployment) -> str:
     return posixpath.join(APP_ROOT, "azureml-models", deployment.model_name, deployment.model_version)
 
 
-def server_command() -> list[str]:
-    """azmlinfsrv as Azure runs it: entry script from AML_APP_ROOT + AZUREML_ENTRY_SCRIPT, port 5001."""
-    return ["sh", "-c", f'exec azmlinfsrv --entry_script "$AML_APP_ROOT/$AZUREML_ENTRY_SCRIPT" --port {CONTAINER_PORT}']
+def server_command(debugger: bool, wait: bool) -> dict[str, Any]:
+    """What the supervisor runs: azmlinfsrv as Azure runs it, or its app in one process under debugpy."""
+    if debugger:
+        env = {"LOCALML_DEBUG_PORT": str(DEBUG_CONTAINER_PORT), "LOCALML_SERVER_PORT": str(CONTAINER_PORT),
+               "LOCALML_RUNTIME_DIR": RUNTIME_DIR}
+        if wait:
+            env["LOCALML_DEBUG_WAIT"] = "1"
+        return {"argv": ["python", f"{BIN_DIR}/debug_server.py"], "env": env}
+    script = f'exec azmlinfsrv --entry_script "$AML_APP_ROOT/$AZUREML_ENTRY_SCRIPT" --port {CONTAINER_PORT}'
+    return {"argv": ["sh", "-c", script], "env": {}}
 
 
-def render_container(deployment: Deployment, image_tag: str, image_id: str, runtime_dir: Path) -> ContainerSpec:
-    """runtime_dir: host folder shared with the supervisor for its status file."""
+def render_container(
+    deployment: Deployment, image_tag: str, image_id: str, runtime_dir: Path, devcontainer_folder: Path
+) -> ContainerSpec:
+    """runtime_dir: host folder shared with the supervisor. devcontainer_folder: the host folder holding
+    .devcontainer/devcontainer.json; the labels naming it make VS Code and `devcontainer up` reuse
+    this container instead of starting a second one."""
     code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
     script_dir, script_name = posixpath.split(deployment.scoring_script)
     app_root = posixpath.join(code_target, script_dir) if script_dir else code_target
     model_dir = model_dir_in_container(deployment)
     environment = {
+        "PYTHONDONTWRITEBYTECODE": "1",
         "AZUREML_MODEL_DIR": model_dir,
         "AML_APP_ROOT": app_root,
         "AZUREML_ENTRY_SCRIPT": script_name,
         **deployment.environment_variables,  # the deployment's own values win, as in Azure
     }
-    mounts = [{"source": deployment.code_dir, "target": code_target, "read_only": True}]
+    # read-write: VS Code in the dev container edits this folder. localml itself never writes there,
+    # and PYTHONDONTWRITEBYTECODE keeps the server from leaving root-owned __pycache__ folders in it.
+    mounts = [{"source": deployment.code_dir, "target": code_target, "read_only": False}]
     if deployment.model_path:
         mounts.append({
             "source": deployment.model_path,
             "target": posixpath.join(model_dir, Path(deployment.model_path).name),
             "read_only": True,
         })
-    mounts.append({"source": str(SUPERVISOR), "target": f"{LOCALML_DIR}/supervisor.py", "read_only": True})
-    mounts.append({"source": str(runtime_dir), "target": f"{LOCALML_DIR}/runtime", "read_only": False})
-    command = ["python", f"{LOCALML_DIR}/supervisor.py", f"{LOCALML_DIR}/runtime/status.json", "--",
-               *server_command()]
+    mounts.append({"source": str(IN_CONTAINER), "target": BIN_DIR, "read_only": True})
+    mounts.append({"source": str(runtime_dir), "target": RUNTIME_DIR, "read_only": False})
+    command = ["python", f"{BIN_DIR}/supervisor.py", RUNTIME_DIR]  # as the image's CMD
     labels = {
         LABEL_LOCAL_ENDPOINT: "",
         LABEL_ENDPOINT: deployment.endpoint_name,
@@ -106,6 +122,8 @@ def render_container(deployment: Deployment, image_tag: str, image_id: str, runt
         LABEL_WORKDIR: str(Path.cwd()),
         LABEL_CODE_DIR: deployment.code_dir,
         LABEL_CODE_TARGET: code_target,
+        LABEL_DEVCONTAINER_FOLDER: str(devcontainer_folder),
+        LABEL_DEVCONTAINER_CONFIG: str(devcontainer_folder / ".devcontainer" / "devcontainer.json"),
     }
     identity = json.dumps(
         {"image": image_tag, "image_id": image_id, "command": command, "env": environment,

@@ -25,6 +25,9 @@ IMAGE_REPOSITORY = "localml/env"
 ENV_PREFIX = "/opt/azureml-env"
 APP_ROOT = "/var/azureml-app"
 CONTAINER_PORT = 5001
+LOCALML_DIR = "/var/localml"  # ours inside the container: bin/ (supervisor, debug server), runtime/ (shared state)
+BIN_DIR = f"{LOCALML_DIR}/bin"
+RUNTIME_DIR = f"{LOCALML_DIR}/runtime"
 CA_FILE_NAME = "localml-ca.crt"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "FTP_PROXY", "ALL_PROXY")
 CA_BUNDLE_CANDIDATES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
@@ -73,6 +76,8 @@ def render_dockerfile(env: ResolvedEnvironment, *, with_ca: bool) -> str:
         f"ENV PATH={ENV_PREFIX}/bin:$PATH VIRTUAL_ENV={ENV_PREFIX} PYTHONUNBUFFERED=1\n"
         f"WORKDIR {APP_ROOT}\n"
         f"EXPOSE {CONTAINER_PORT}\n"
+        "# localml's supervisor runs the server; its folders are mounted by localml (or by devcontainer.json)\n"
+        f'CMD ["python", "{BIN_DIR}/supervisor.py", "{RUNTIME_DIR}"]\n'
     )
 
 

@@ -18,7 +18,7 @@ class LocalmlReporter(ConsoleReporter):
     def skip_uptodate(self, task: Any) -> None:
         if task.actions and not task.name.startswith("_"):
             stage, _, subject = task.name.partition(":")
-            self.write(f"{stage:<12} up to date ({subject or 'nothing changed'})\n")
+            self.write(f"{stage:<13} up to date ({subject or 'nothing changed'})\n")
 
     def add_failure(self, task: Any, fail: BaseFail) -> None:
         # a failed stage already printed its message; the stages after it say nothing more

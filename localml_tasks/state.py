@@ -36,8 +36,8 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def write_json_if_changed(path: Path, data: Any) -> bool:
-    return write_if_changed(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def write_json_if_changed(path: Path, data: Any, *, sort_keys: bool = True) -> bool:
+    return write_if_changed(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: Path) -> Any | None:

@@ -1,6 +1,6 @@
 """The doit tasks: wiring only, top to bottom in graph order.
 
-    validate -> environment -> image -> container -> server -> health      (doit debug)
+    validate -> environment -> image -> container -> server -> devcontainer -> vscode -> health   (doit debug)
     invoke, show, logs, delete, endpoints                         (around a running endpoint)
 
 Variables come from doit's command line (`doit debug spec=blue-deployment.yml`); the last
@@ -18,7 +18,7 @@ from doit.exceptions import TaskFailed
 from rich.console import Console
 
 from . import actions
-from .actions import Target
+from .actions import ServerMode, Target
 from .errors import LocalmlError
 from .reporter import LocalmlReporter
 from .spec import peek_names
@@ -42,6 +42,10 @@ def _var(name: str, default: str = "") -> str:
 
 def _flag(name: str) -> bool:
     return _var(name).lower() in ("1", "true", "yes", "on")
+
+
+def _mode() -> ServerMode:
+    return ServerMode(debugger=_var("debugger", "1").lower() not in ("0", "false", "no", "off"), wait=_flag("wait"))
 
 
 def _target() -> Target | None:
@@ -138,7 +142,7 @@ def task_container() -> Iterator[dict[str, Any]]:
     if target:
         yield {
             "name": target.deployment,
-            "actions": [_guard(actions.start_container, target)],
+            "actions": [_guard(actions.start_container, target, _mode())],
             "task_dep": [f"image:{target.deployment}"],
             "file_dep": [target.resolved_file],
             "uptodate": [lambda: actions.container_is_current(target)],
@@ -149,12 +153,37 @@ def task_server() -> Iterator[dict[str, Any]]:
     """Reload the server in place when code or model files changed (no image build, no new container)."""
     target = _target()
     if target:
+        mode = _mode()
         yield {
             "name": target.deployment,
-            "actions": [_guard_with_changes(actions.refresh_server, target)],
+            "actions": [_guard_with_changes(actions.refresh_server, target, mode)],
             "task_dep": [f"container:{target.deployment}"],
             "file_dep": actions.watched_files(target),
-            "uptodate": [lambda: actions.server_is_current(target)],
+            "uptodate": [lambda: actions.server_is_current(target, mode)],
+        }
+
+
+def task_devcontainer() -> Iterator[dict[str, Any]]:
+    """Write .devcontainer/devcontainer.json and the launch configuration for the running container."""
+    target = _target()
+    if target:
+        yield {
+            "name": target.deployment,
+            "actions": [_guard(actions.write_devcontainer, target, _flag("merge_launch"))],
+            "task_dep": [f"server:{target.deployment}"],
+            "uptodate": [False],
+        }
+
+
+def task_vscode() -> Iterator[dict[str, Any]]:
+    """Open VS Code in the dev container (vscode=0: don't); without `code`, say how to attach."""
+    target = _target()
+    if target:
+        yield {
+            "name": target.deployment,
+            "actions": [_guard(actions.open_vscode, target, _var("vscode", "1") not in ("0", "false", "no"))],
+            "task_dep": [f"devcontainer:{target.deployment}"],
+            "uptodate": [False],
         }
 
 
@@ -165,13 +194,13 @@ def task_health() -> Iterator[dict[str, Any]]:
         yield {
             "name": target.deployment,
             "actions": [_guard(actions.check_health, target)],
-            "task_dep": [f"server:{target.deployment}"],
+            "task_dep": [f"vscode:{target.deployment}"],
             "uptodate": [False],
         }
 
 
 def task_debug() -> dict[str, Any]:
-    """Bring the local endpoint up to date: validate, environment, image, container, server, health."""
+    """Bring the local endpoint up to date and debuggable; wait=1 waits for a debugger, debugger=0 runs azmlinfsrv."""
     target = _target()
     if not target:
         return _no_target("debug")

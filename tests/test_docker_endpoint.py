@@ -25,7 +25,7 @@ def debug(project: Project, *extra: str, env: dict[str, str] | None = None):
 def test_debug_then_invoke_returns_the_models_own_predictions(project, engine):
     result = debug(project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "health       healthy" in result.stdout
+    assert "health        healthy" in result.stdout
 
     invoked = project.run("invoke", f"request={REPO / 'specs' / 'sample-request.json'}")
     assert invoked.returncode == 0, invoked.stdout + invoked.stderr
@@ -69,8 +69,8 @@ def test_second_debug_with_no_change_builds_and_restarts_nothing(project, engine
 
     second = debug(project)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "image        up to date" in second.stdout
-    assert "container    up to date" in second.stdout
+    assert "image         up to date" in second.stdout
+    assert "container     up to date" in second.stdout
     container = engine.containers.get(project.container_name())
     assert (container.image.id, container.id, container.attrs["State"]["StartedAt"]) == (
         image_id, container_id, started)

@@ -61,8 +61,8 @@ def test_code_edit_reloads_in_place_and_picks_up_helper_modules(helper_project, 
     (helper_project.root / "onlinescoring" / "helper.py").write_text("OFFSET = 100.0\n")
     result = debug(helper_project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "server       reloaded in place — onlinescoring/helper.py changed" in result.stdout
-    assert "image        up to date" in result.stdout and "container    up to date" in result.stdout
+    assert "server        reloaded in place — onlinescoring/helper.py changed" in result.stdout
+    assert "image         up to date" in result.stdout and "container     up to date" in result.stdout
     assert state(helper_project, engine) == before  # same image, same container, not restarted
     assert invoke(helper_project) == pytest.approx((sample_predictions() + 100).tolist())
 
@@ -89,8 +89,8 @@ def test_config_change_recreates_the_container_from_the_same_image(project, engi
 
     result = debug(project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "image        up to date" in result.stdout
-    assert "container    recreated: configuration or image changed" in result.stdout
+    assert "image         up to date" in result.stdout
+    assert "container     recreated: configuration or image changed" in result.stdout
     new_image_id, new_container_id, _ = state(project, engine)
     assert new_image_id == image_id and new_container_id != container_id
     assert invoke(project) == pytest.approx((sample_predictions() * 2).tolist())
@@ -103,7 +103,7 @@ def test_environment_change_rebuilds_the_image_on_the_cached_base_and_recreates(
 
     result = debug(project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "image        built localml/env:" in result.stdout
+    assert "image         built localml/env:" in result.stdout
     new_image_id, new_container_id, _ = state(project, engine)
     assert new_image_id != image_id and new_container_id != container_id
     base_layers = engine.images.get("localml/debian-python:3.11-bookworm").attrs["RootFS"]["Layers"]
@@ -185,13 +185,13 @@ def test_watch_mode_reloads_on_save_and_stops_cleanly_on_ctrl_c(helper_project, 
         raise AssertionError(f"{fragment!r} never printed; got:\n{''.join(seen)}")
 
     try:
-        wait_for("watch        watching")
+        wait_for("watch         watching")
         (helper_project.root / "onlinescoring" / "helper.py").write_text("OFFSET = 42.0\n")
-        wait_for("server       reloaded in place — onlinescoring/helper.py changed")
-        wait_for("watch        ready")
+        wait_for("server        reloaded in place — onlinescoring/helper.py changed")
+        wait_for("watch         ready")
         assert invoke(helper_project) == pytest.approx((sample_predictions() + 42).tolist())
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=20)
-    wait_for("watch        stopped", timeout=5)
+    wait_for("watch         stopped", timeout=5)
     assert process.returncode == 0

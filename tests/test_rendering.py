@@ -85,7 +85,7 @@ def test_pip_failure_boils_down_to_the_requirement_and_pip_error_line():
 
 def test_container_spec_follows_azure_layout_and_labels():
     deployment = load_deployment(REPO / "specs/blue-deployment.yml")
-    spec = render_container(deployment, "localml/env:abc", "sha256:1", Path("/state/runtime"))
+    spec = render_container(deployment, "localml/env:abc", "sha256:1", Path("/state/runtime"), Path("/state"))
     assert spec.name == "localml-localml-sample-blue"
     assert spec.environment["AZUREML_MODEL_DIR"] == "/var/azureml-app/azureml-models/sample-regression/1"
     assert spec.environment["AML_APP_ROOT"] == "/var/azureml-app/onlinescoring"
@@ -99,8 +99,8 @@ def test_container_spec_follows_azure_layout_and_labels():
         assert label in spec.labels
     assert json.loads(spec.labels["deployment-data"])["name"] == "blue"
     # same inputs, same hash; another image, another hash
-    same = render_container(deployment, "localml/env:abc", "sha256:1", Path("/state/runtime"))
-    other_image = render_container(deployment, "localml/env:abd", "sha256:2", Path("/state/runtime"))
+    same = render_container(deployment, "localml/env:abc", "sha256:1", Path("/state/runtime"), Path("/state"))
+    other_image = render_container(deployment, "localml/env:abd", "sha256:2", Path("/state/runtime"), Path("/state"))
     assert spec.config_hash == same.config_hash
     assert spec.config_hash != other_image.config_hash
 
@@ -108,7 +108,7 @@ def test_container_spec_follows_azure_layout_and_labels():
 def test_deployment_environment_variables_override_azure_defaults(tmp_path):
     deployment = load_deployment(REPO / "specs/blue-deployment.yml")
     deployment.environment_variables["AML_APP_ROOT"] = "/elsewhere"
-    spec = render_container(deployment, "localml/env:abc", "sha256:1", Path("/state/runtime"))
+    spec = render_container(deployment, "localml/env:abc", "sha256:1", Path("/state/runtime"), Path("/state"))
     assert spec.environment["AML_APP_ROOT"] == "/elsewhere"
 
 

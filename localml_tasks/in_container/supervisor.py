@@ -9,10 +9,13 @@ It runs the inference server as a child process and keeps the container alive ar
   so, and the next SIGHUP starts it again.
 - SIGTERM / SIGINT: stop the server and exit (docker stop).
 
-The status file (JSON, rewritten atomically) tells the host what is running:
-{"container", "generation", "state": "running" | "exited", "pid", "exit_code", "started_at", "changed_at"}.
+It talks to the host through files in RUNTIME_DIR (a folder shared with the host):
+- command.json, written by the host before a start or reload: {"argv": [...], "env": {...}}
+  (so switching the debugger on or off is a reload, not a new container);
+- status.json, written here atomically: {"container", "generation", "state": "running" | "exited",
+  "pid", "exit_code", "argv", "env", "started_at", "changed_at"}.
 
-Usage: supervisor.py STATUS_FILE -- SERVER_COMMAND...
+Usage: supervisor.py RUNTIME_DIR
 """
 
 import contextlib
@@ -33,9 +36,10 @@ def log(message):
 
 
 class Supervisor:
-    def __init__(self, status_file, command):
-        self.status_file = status_file
-        self.command = list(command)
+    def __init__(self, runtime_dir):
+        self.status_file = os.path.join(runtime_dir, "status.json")
+        self.command_file = os.path.join(runtime_dir, "command.json")
+        self.command = {"argv": [], "env": {}}
         self.child = None
         self.generation = 0
         self.started_at = 0.0
@@ -49,6 +53,8 @@ class Supervisor:
             "state": state,
             "pid": self.child.pid if self.child else None,
             "exit_code": exit_code,
+            "argv": self.command["argv"],
+            "env": self.command["env"],
             "started_at": self.started_at,
             "changed_at": time.time(),
         }
@@ -58,11 +64,14 @@ class Supervisor:
         os.replace(tmp, self.status_file)
 
     def start(self):
+        with open(self.command_file) as handle:
+            self.command = json.load(handle)
         self.generation += 1
         self.started_at = time.time()
+        env = dict(os.environ, **self.command["env"])
         # a session of its own, so stopping it reaches gunicorn's workers too
-        self.child = subprocess.Popen(self.command, start_new_session=True)
-        log(f"server started (generation {self.generation}, pid {self.child.pid}): {' '.join(self.command)}")
+        self.child = subprocess.Popen(self.command["argv"], env=env, start_new_session=True)
+        log(f"server started (generation {self.generation}, pid {self.child.pid}): {' '.join(self.command['argv'])}")
         self.write_status("running")
 
     def stop(self, graceful):
@@ -138,10 +147,10 @@ class Supervisor:
 
 
 def main(argv):
-    if len(argv) < 4 or argv[2] != "--":
-        sys.stderr.write("usage: supervisor.py STATUS_FILE -- SERVER_COMMAND...\n")
+    if len(argv) != 2:
+        sys.stderr.write("usage: supervisor.py RUNTIME_DIR\n")
         return 2
-    return Supervisor(argv[1], argv[3:]).run()
+    return Supervisor(argv[1]).run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""azmlinfsrv's own WSGI app, served in this one process under debugpy (standard library + debugpy).
+
+`azmlinfsrv` runs the app in gunicorn's forked workers, where a debugger listening in the parent
+never sees init() or run(). Here the server's own configuration code runs as with
+`azmlinfsrv --entry_script ... --port ...`, then the app is served by a single-process WSGI server
+after debugpy starts listening, so breakpoints in init() and run() are hit.
+
+Environment: LOCALML_SERVER_PORT (5001), LOCALML_DEBUG_PORT (5678), LOCALML_BIND_HOST (0.0.0.0),
+LOCALML_DEBUG_WAIT=1 to wait for a debugger before init() runs, LOCALML_RUNTIME_DIR: where to write
+debugpy.json once a debugger can attach.
+"""
+
+import json
+import os
+import sys
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+class _Server(WSGIServer):
+    allow_reuse_address = True
+
+
+def _tell_the_host(debug_port):
+    """A debugger can attach from now on: say so in the folder shared with the host."""
+    runtime_dir = os.environ.get("LOCALML_RUNTIME_DIR")
+    if not runtime_dir:
+        return
+    path = os.path.join(runtime_dir, "debugpy.json")
+    with open(path + ".tmp", "w") as handle:
+        json.dump({"pid": os.getpid(), "port": debug_port}, handle)
+    os.replace(path + ".tmp", path)
+
+
+def main():
+    host = os.environ.get("LOCALML_BIND_HOST", "0.0.0.0")
+    port = int(os.environ.get("LOCALML_SERVER_PORT", "5001"))
+    debug_port = int(os.environ.get("LOCALML_DEBUG_PORT", "5678"))
+    # AZUREML_DEBUG_PORT makes the server dial out to a debugger; we listen instead
+    os.environ.pop("AZUREML_DEBUG_PORT", None)
+
+    from azureml_inference_server_http import amlserver
+    from azureml_inference_server_http.args import parse_arguments
+    from azureml_inference_server_http.constants import PACKAGE_ROOT
+    from azureml_inference_server_http.log_config import load_logging_config
+
+    entry = os.path.join(os.environ["AML_APP_ROOT"], os.environ["AZUREML_ENTRY_SCRIPT"])
+    sys.argv = ["azmlinfsrv", "--entry_script", entry, "--port", str(port)]
+    load_logging_config(PACKAGE_ROOT)
+    amlserver.merge_configuration(parse_arguments())
+    amlserver.validate_environment_variables()
+    amlserver.set_path_variable()
+
+    import debugpy
+
+    debugpy.listen((host, debug_port))
+    print(f"localml-debug: debugpy listening on port {debug_port}", flush=True)
+    _tell_the_host(debug_port)
+    if os.environ.get("LOCALML_DEBUG_WAIT") == "1":
+        print("localml-debug: waiting for a debugger to attach before init() (wait=1)", flush=True)
+        debugpy.wait_for_client()
+
+    from azureml_inference_server_http.server.entry import app  # creating the app runs init()
+
+    server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+    print(f"localml-debug: serving on port {port} in one process", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""A small Debug Adapter Protocol client: what VS Code does when it attaches to debugpy."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import queue
+import socket
+import threading
+import time
+from typing import Any
+
+
+class DapClient:
+    def __init__(self, host: str, port: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.create_connection((host, port), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.sock.settimeout(None)
+        self.seq = itertools.count(1)
+        self.responses: dict[int, queue.Queue] = {}
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen_events: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        buffer = b""
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\r\n\r\n" in buffer:
+                header, rest = buffer.split(b"\r\n\r\n", 1)
+                length = int(next(line.split(b":")[1] for line in header.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                if len(rest) < length:
+                    break
+                message = json.loads(rest[:length])
+                buffer = rest[length:]
+                if message["type"] == "response":
+                    self._queue_for(message["request_seq"]).put(message)
+                elif message["type"] == "event":
+                    self.events.put(message)
+
+    def _queue_for(self, seq: int) -> queue.Queue:
+        with self.lock:
+            return self.responses.setdefault(seq, queue.Queue())
+
+    def send(self, command: str, arguments: dict[str, Any] | None = None) -> int:
+        seq = next(self.seq)
+        body = json.dumps({"seq": seq, "type": "request", "command": command, "arguments": arguments or {}}).encode()
+        self.sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        return seq
+
+    def response(self, seq: int, timeout: float = 60) -> dict[str, Any]:
+        answer = self._queue_for(seq).get(timeout=timeout)
+        assert answer["success"], answer
+        return answer
+
+    def request(self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
+        return self.response(self.send(command, arguments), timeout)
+
+    def wait_event(self, name: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.seen_events.append(event)
+            if event["event"] == name:
+                return event
+        raise AssertionError(f"no {name!r} event; saw {[e['event'] for e in self.seen_events]}")
+
+    def attach(self, launch: dict[str, Any], breakpoints: dict[str, list[int]],
+               exception_filters: list[str] | None = None) -> None:
+        """initialize, attach with the launch configuration's settings, set breakpoints, configurationDone."""
+        self.request("initialize", {"clientID": "localml-tests", "adapterID": "debugpy", "pathFormat": "path",
+                                    "linesStartAt1": True, "columnsStartAt1": True})
+        attach_seq = self.send("attach", {key: launch[key] for key in ("pathMappings", "justMyCode") if key in launch})
+        self.wait_event("initialized")
+        for path, lines in breakpoints.items():
+            answer = self.request("setBreakpoints", {"source": {"path": path},
+                                                     "breakpoints": [{"line": line} for line in lines]})
+            assert all(bp.get("verified", True) for bp in answer["body"]["breakpoints"]), answer
+        self.request("setExceptionBreakpoints", {"filters": exception_filters or []})
+        self.request("configurationDone")
+        self.response(attach_seq)
+
+    def top_frame(self, thread_id: int) -> dict[str, Any]:
+        trace = self.request("stackTrace", {"threadId": thread_id, "startFrame": 0, "levels": 1})
+        return trace["body"]["stackFrames"][0]
+
+    def locals_of(self, frame_id: int) -> dict[str, str]:
+        scopes = self.request("scopes", {"frameId": frame_id})["body"]["scopes"]
+        local_scope = next(s for s in scopes if s["name"].lower().startswith("local"))
+        variables = self.request("variables", {"variablesReference": local_scope["variablesReference"]})
+        return {v["name"]: v["value"] for v in variables["body"]["variables"]}
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # best effort on the way out
+            self.request("disconnect", {"terminateDebuggee": False}, timeout=10)
+        self.sock.close()
