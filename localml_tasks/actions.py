@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from . import container as container_stage
-from . import devcontainer, docker_engine, health, image, invoke, lifecycle, server, vscode, watch
+from . import devcontainer, docker_engine, health, image, invoke, lifecycle, process_runtime, server, vscode, watch
 from .config import load_project_config
-from .environment import resolve_environment
+from .environment import ResolvedEnvironment, resolve_environment
 from .errors import LocalmlError
 from .spec import Deployment, load_deployment
 from .state import current_file, deployment_dir, read_json, state_root, write_json_if_changed
@@ -38,6 +39,14 @@ class ServerMode:
     @property
     def command(self) -> dict[str, Any]:
         return container_stage.server_command(self.debugger, self.wait and self.debugger)
+
+    def command_for(self, running: Running, target: Target) -> dict[str, Any]:
+        if running.kind == "container":
+            return self.command
+        record = process_runtime.read_record(target.state_dir)
+        assert record is not None
+        return process_runtime.server_command(Path(record.venv), record.scoring_port, record.debug_port,
+                                              target.runtime_dir, self.debugger, self.wait)
 
     def describe(self) -> str:
         if not self.debugger:
@@ -82,6 +91,59 @@ class Target:
             raise LocalmlError.one("the deployment has not been validated yet",
                                    fix=f"run doit debug spec={self.spec_path}")
         return Deployment.from_json(data)
+
+
+@dataclass
+class Running:
+    """Where a deployment's server runs now: a container, or a supervisor process (process mode)."""
+
+    kind: str  # "container" | "process"
+    host: server.SupervisorHost
+    scoring_port: int
+    debug_port: int
+    path_map: dict[str, str]  # the server's code folder -> the user's (identity in process mode)
+    read_log: Callable[[float | None], str]  # log since a Unix time (None: all)
+    code_target: str  # the code folder as the server sees it
+
+    @property
+    def scoring_uri(self) -> str:
+        return f"http://{container_stage.LOOPBACK}:{self.scoring_port}/score"
+
+
+def _running(target: Target, required: bool = True) -> Running | None:
+    record = process_runtime.live_record(target.state_dir)
+    if record is not None:
+        code_dir = (read_json(target.resolved_file) or {}).get("code_dir", "")
+        log_file = Path(record.log_file)
+        return Running("process", record.host(f"the process of {target.deployment}"), record.scoring_port,
+                       record.debug_port, {code_dir: code_dir}, lambda since: _process_log(log_file, since),
+                       code_dir)
+    found = None
+    if docker_engine.engine_available():
+        found = docker_engine.get_container(container_stage.container_name(target.endpoint, target.deployment))
+    if found is None:
+        if required:
+            raise LocalmlError.one(f"no local deployment {target.deployment} on endpoint {target.endpoint}",
+                                   fix=f"start it: doit debug spec={target.spec_path}")
+        return None
+    labels = found.labels
+    code_target = labels.get(container_stage.LABEL_CODE_TARGET, "")
+    return Running("container", server.ContainerHost(found), int(labels[container_stage.LABEL_SCORING_PORT]),
+                   int(labels[container_stage.LABEL_DEBUG_PORT]),
+                   {code_target: labels.get(container_stage.LABEL_CODE_DIR, "")},
+                   lambda since: docker_engine.container_logs(found, since=since), code_target)
+
+
+def _process_log(log_file: Path, since: float | None) -> str:
+    """The log of the latest server start (the supervisor marks each), or all of it."""
+    try:
+        text = log_file.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    if since is not None:
+        marker = text.rfind("localml-supervisor: server started")
+        text = text[marker:] if marker >= 0 else text
+    return text
 
 
 def _line(stage: str, text: str) -> None:
@@ -161,9 +223,96 @@ def start_container(target: Target, mode: ServerMode) -> None:
     server.clear_status(target.runtime_dir)
     server.write_command(target.runtime_dir, mode.command)
     started, scoring, debug, reason = container_stage.start(spec)
-    server.wait_for_supervisor(started, target.runtime_dir)
+    server.wait_for_supervisor(server.ContainerHost(started), target.runtime_dir)
     _line("container", f"{reason} {spec.name} ({started.short_id}): scoring on {container_stage.LOOPBACK}:{scoring}, "
                        f"debug port {debug}")
+
+
+# --- process mode: a venv and a supervisor process instead of an image and a container ---------------
+
+
+def resolve_for_process(target: Target, allow_python_mismatch: bool, chosen_automatically: bool) -> None:
+    if chosen_automatically:
+        _line("runtime", "no Docker engine answers: process mode (the server runs in a venv on this machine)")
+    deployment = target.resolved()
+    if deployment.build_context:
+        raise LocalmlError.one("environment.build needs Docker; process mode installs a conda file's packages",
+                               file=deployment.spec_path, key="environment.build",
+                               fix="start a Docker engine, or give environment.image + environment.conda_file")
+    assert deployment.conda_file
+    env = resolve_environment(Path(deployment.conda_file), str(deployment.image), str(deployment.image))
+    python = process_runtime.host_python(env)
+    version = process_runtime.python_version_of(python)
+    warning = image.check_python(env, version, allow_mismatch=allow_python_mismatch,
+                                 where=f"this machine's Python ({python})")
+    if warning:
+        print(f"warning: {warning}")
+    folder = process_runtime.venv_dir(env, python, version)
+    write_json_if_changed(target.state_dir / "venv-plan.json",
+                          {"python": python, "version": version, "requirements": env.requirements,
+                           "conda_file": env.conda_file, "venv": str(folder)})
+    _line("environment", f"python {version} on this machine ({python}), {len(env.requirements)} pip requirements "
+                         f"→ {_display(folder)}")
+
+
+def runs_as_process(target: Target) -> bool:
+    return process_runtime.live_record(target.state_dir) is not None
+
+
+def _venv_plan(target: Target) -> dict[str, Any]:
+    plan = read_json(target.state_dir / "venv-plan.json")
+    if plan is None:
+        raise LocalmlError.one("no environment plan", fix="run doit debug")
+    return plan
+
+
+def venv_is_current(target: Target) -> bool:
+    try:
+        return (Path(_venv_plan(target)["venv"]) / process_runtime.COMPLETE_MARKER).exists()
+    except LocalmlError:
+        return False
+
+
+def build_venv(target: Target) -> None:
+    plan = _venv_plan(target)
+    env = ResolvedEnvironment(conda_file=plan["conda_file"], python_version=None, requirements=plan["requirements"],
+                              base_image="", declared_image="")
+    _line("venv", f"installing {len(env.requirements)} requirements into {_display(Path(plan['venv']))} …")
+    folder, built, seconds = process_runtime.ensure_venv(env, plan["python"], plan["version"])
+    _line("venv", f"{'built' if built else 'reused'} {_display(folder)}" + (f" in {seconds:.1f} s" if built else ""))
+
+
+def process_is_current(target: Target) -> bool:
+    try:
+        record = process_runtime.live_record(target.state_dir)
+        if record is None:
+            return False
+        venv = Path(_venv_plan(target)["venv"])
+        return record.config_hash == process_runtime.config_hash(target.resolved(), venv)
+    except LocalmlError:
+        return False
+
+
+def start_process(target: Target, mode: ServerMode) -> None:
+    deployment = target.resolved()
+    venv = Path(_venv_plan(target)["venv"])
+    previous = process_runtime.read_record(target.state_dir)
+    reason = "started"
+    if previous is not None:
+        alive = process_runtime.is_our_supervisor(previous.supervisor_pid)
+        reason = "restarted: configuration changed" if alive else "restarted: it was not running"
+        process_runtime.stop(target.state_dir)
+    taken = docker_engine.ports_in_use_by_containers() if docker_engine.engine_available() else set()
+    scoring = container_stage.pick_port(previous.scoring_port if previous else container_stage.FIRST_SCORING_PORT,
+                                        taken)
+    debug = container_stage.pick_port(previous.debug_port if previous else container_stage.FIRST_DEBUG_PORT,
+                                      taken | {scoring})
+    server.clear_status(target.runtime_dir)
+    command = process_runtime.server_command(venv, scoring, debug, target.runtime_dir, mode.debugger, mode.wait)
+    record = process_runtime.start(deployment, venv, target.state_dir, target.runtime_dir, scoring, debug, command)
+    server.wait_for_supervisor(record.host(f"the process of {target.deployment}"), target.runtime_dir)
+    _line("process", f"{reason} (pid {record.supervisor_pid}): scoring on {container_stage.LOOPBACK}:{scoring}, "
+                     f"debug port {debug}")
 
 
 def watched_files(target: Target) -> list[str]:
@@ -182,24 +331,27 @@ def watched_files(target: Target) -> list[str]:
 
 def server_is_current(target: Target, mode: ServerMode) -> bool:
     try:
-        running = docker_engine.get_container(container_stage.container_name(target.endpoint, target.deployment))
+        running = _running(target, required=False)
     except LocalmlError:
         return False
-    return running is not None and server.is_running_in(running, target.runtime_dir, mode.command)
+    return running is not None and server.is_running_in(running.host, target.runtime_dir,
+                                                        mode.command_for(running, target))
 
 
 def refresh_server(target: Target, mode: ServerMode, changed: list[str]) -> None:
     """Reload the server process when code or model changed, its mode changed, or it is not running."""
-    running = _running_container(target)
+    running = _running(target)
+    assert running is not None
+    command = mode.command_for(running, target)
     status = server.read_status(target.runtime_dir)
-    mine = status is not None and status.belongs_to(running)
-    if mine and status.generation == 1 and status.started_at >= COMMAND_STARTED and status.command == mode.command:
-        _line("server", f"started {mode.describe()} with the current code and model (new container)")
+    mine = status is not None and running.host.owns(status)
+    if mine and status.generation == 1 and status.started_at >= COMMAND_STARTED and status.command == command:
+        _line("server", f"started {mode.describe()} with the current code and model (new {running.kind})")
         _await_debugger_port(running, target, mode)
         return
     if mine and status.state == "exited":
         why = f"it had exited with code {status.exit_code}"
-    elif mine and status.command != mode.command:
+    elif mine and status.command != command:
         why = f"now {mode.describe()}"
     elif changed:
         names = [_relative_to_spec(target, path) for path in changed]
@@ -208,20 +360,31 @@ def refresh_server(target: Target, mode: ServerMode, changed: list[str]) -> None
     else:
         why = "it was not running"
     started = time.perf_counter()
-    server.reload(running, target.runtime_dir, mode.command)
+    server.reload(running.host, target.runtime_dir, command)
     _line("server", f"reloaded in place — {why} (restart took {(time.perf_counter() - started) * 1000:.0f} ms)")
     _await_debugger_port(running, target, mode)
 
 
-def _await_debugger_port(running: Any, target: Target, mode: ServerMode) -> None:
+def _await_debugger_port(running: Running, target: Target, mode: ServerMode) -> None:
     """With wait=1 the next stages tell the user to attach: make sure debugpy listens by then."""
-    if mode.debugger and mode.wait and server.wait_for_debugger_port(running, target.runtime_dir):
-        port = running.labels[container_stage.LABEL_DEBUG_PORT]
-        _line("server", f"waiting for a debugger on {container_stage.LOOPBACK}:{port} before init() runs")
+    if mode.debugger and mode.wait and server.wait_for_debugger_port(running.host, target.runtime_dir):
+        _line("server", f"waiting for a debugger on {container_stage.LOOPBACK}:{running.debug_port} "
+                        "before init() runs")
 
 
 def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
     """.devcontainer/devcontainer.json and launch.json in the state folder, for the running container."""
+    where = _running(target)
+    assert where is not None
+    if where.kind == "process":
+        # no container: VS Code on this machine attaches directly, the paths are the same on both sides
+        code_dir = target.resolved().code_dir
+        launch = devcontainer.render_host_launch_file(code_dir, code_dir, where.debug_port)
+        changed = write_json_if_changed(target.launch_file, launch, sort_keys=False)
+        _line("devcontainer", f"none in process mode; launch configuration {_display(target.launch_file)}"
+                              f"{' written' if changed else ''}")
+        _merge_user_launch(launch, merge_into_user_launch)
+        return
     running = _running_container(target)
     spec = _container_spec(target)
     scoring = int(running.labels[container_stage.LABEL_SCORING_PORT])
@@ -235,7 +398,11 @@ def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
     shown = _display(target.launch_file)
     _line("devcontainer", f"{'written' if changed else 'up to date'}: {_display(folder / '.devcontainer')}, "
                           f"launch configuration {shown}")
-    if merge_into_user_launch:
+    _merge_user_launch(launch, merge_into_user_launch)
+
+
+def _merge_user_launch(launch: dict[str, Any], asked: bool) -> None:
+    if asked:
         user_file = Path.cwd() / ".vscode" / "launch.json"
         backup = devcontainer.merge_launch(user_file, launch["configurations"][0])
         kept = f" (previous version kept as {backup.name})" if backup else ""
@@ -243,13 +410,19 @@ def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
 
 
 def open_vscode(target: Target, enabled: bool) -> None:
-    running = _running_container(target)
-    debug = running.labels[container_stage.LABEL_DEBUG_PORT]
-    how = (f"attach a debugger to {container_stage.LOOPBACK}:{debug} with '{devcontainer.LAUNCH_NAME}' from "
-           f"{_display(target.launch_file)}, or open {_display(target.state_dir)} in VS Code: Reopen in Container")
+    where = _running(target)
+    assert where is not None
+    how = (f"attach a debugger to {container_stage.LOOPBACK}:{where.debug_port} with '{devcontainer.LAUNCH_NAME}' "
+           f"from {_display(target.launch_file)}")
+    if where.kind == "container":
+        how += f", or open {_display(target.state_dir)} in VS Code: Reopen in Container"
     if not enabled:
         _line("vscode", f"skipped (vscode=0); {how}")
         return
+    if where.kind == "process":
+        _line("vscode", how)
+        return
+    running = _running_container(target)
     command = vscode.launch(target.state_dir.resolve(), running.labels[container_stage.LABEL_CODE_TARGET])
     if command is None:
         _line("vscode", f"`code` is not on PATH: {how}")
@@ -273,23 +446,19 @@ def _relative_to_spec(target: Target, path: str) -> str:
 
 def check_health(target: Target) -> None:
     deployment = target.resolved()
-    spec = _container_spec(target)
-    running = docker_engine.get_container(spec.name)
-    if running is None:
-        raise LocalmlError.one(f"container {spec.name} is gone", fix="run doit debug again")
-    port = running.labels[container_stage.LABEL_SCORING_PORT]
+    running = _running(target)
+    assert running is not None
+    port = running.scoring_port
     probe = deployment.readiness_probe
 
     def alive() -> bool:
-        running.reload()
-        return running.status in ("running", "created") and not server.has_exited(running, target.runtime_dir)
+        return running.host.is_up() and not server.has_exited(running.host, target.runtime_dir)
 
     def log_of_this_start() -> str:
         status = server.read_status(target.runtime_dir)
-        since = status.started_at - 1 if status and status.belongs_to(running) else None
-        return docker_engine.container_logs(running, since=since)
+        return running.read_log(status.started_at - 1 if status and running.host.owns(status) else None)
 
-    path_map = {spec.code_target: deployment.code_dir}
+    path_map = running.path_map
     seconds = health.wait_until_healthy(
         f"http://{container_stage.LOOPBACK}:{port}/",
         deadline_s=probe.initial_delay + probe.period * probe.failure_threshold,
@@ -300,8 +469,8 @@ def check_health(target: Target) -> None:
         label="health",
     )
     status = server.read_status(target.runtime_dir)
-    if status and status.belongs_to(running) and status.started_at >= COMMAND_STARTED:
-        what = "container" if status.generation == 1 else "server"
+    if status and running.host.owns(status) and status.started_at >= COMMAND_STARTED:
+        what = running.kind if status.generation == 1 else "server"
         _line("health", f"healthy {time.time() - status.started_at:.1f} s after the {what} started")
     else:
         _line("health", f"healthy (answered in {seconds * 1000:.0f} ms)")
@@ -347,24 +516,39 @@ def _running_container(target: Target) -> Any:
 
 def invoke_endpoint(target: Target, request_path: Path) -> None:
     payload = invoke.read_request(request_path)
-    running = _running_container(target)
-    url = lifecycle.scoring_uri(running)
+    running = _running(target)
+    assert running is not None
+    url = running.scoring_uri
     timeout_s = max(target.resolved().request_timeout_ms / 1000 * 2, 30) if target.resolved_file.exists() else 60
     sent_at = time.time()
     result = invoke.post(url, payload, timeout_s=timeout_s)
     if not 200 <= result.status < 300:
         # the server answers "check the logs": we do, and show the traceback through run()
-        code_dir = running.labels.get(container_stage.LABEL_CODE_DIR)
-        code_target = running.labels.get(container_stage.LABEL_CODE_TARGET)
-        path_map = {code_target: code_dir} if code_dir and code_target else {}
-        log = docker_engine.container_logs(running, since=sent_at - 1)
-        raise invoke.error_for(result, url, health.extract_cause(log, path_map))
+        log = running.read_log(sent_at - 1)
+        raise invoke.error_for(result, url, health.extract_cause(log, running.path_map))
     _line("invoke", f"{result.status} from {target.deployment} in {result.latency_ms:.0f} ms")
     body = json.dumps(result.body, indent=2) if not isinstance(result.body, str) else result.body
     out.print(Syntax(body, "json", theme="ansi_dark", background_color="default") if out.is_terminal else body)
 
 
 def show(target: Target) -> None:
+    where = _running(target, required=False)
+    if where is not None and where.kind == "process":
+        deployment = target.resolved()
+        status = server.read_status(target.runtime_dir)
+        state = "Succeeded" if status and status.state == "running" and where.host.is_up() else "Failed"
+        uri = where.scoring_uri
+        print(json.dumps({
+            "name": deployment.endpoint_name, "location": "local", "kind": "local", "runtime": "process",
+            "provisioning_state": state, "scoring_uri": uri, "swagger_uri": uri.replace("/score", "/swagger.json"),
+            "traffic": {deployment.deployment_name: 100},
+            "deployments": [{"name": deployment.deployment_name, "endpoint_name": deployment.endpoint_name,
+                             "location": "local", "runtime": "process", "provisioning_state": state,
+                             "scoring_uri": uri, "ports": {"scoring": where.scoring_port, "debug": where.debug_port},
+                             "pid": process_runtime.read_record(target.state_dir).supervisor_pid,
+                             "environment_variables": deployment.environment_variables}],
+        }, indent=2))
+        return
     described = lifecycle.describe_endpoint(target.endpoint)
     if described is None:
         raise LocalmlError.one(f"no local endpoint named {target.endpoint}",
@@ -373,6 +557,10 @@ def show(target: Target) -> None:
 
 
 def logs(target: Target, tail: str, follow: bool) -> None:
+    record = process_runtime.read_record(target.state_dir)
+    if record is not None:
+        _follow_file(Path(record.log_file), int(tail) if tail.isdigit() else None, follow)
+        return
     running = _running_container(target)
     lines: int | str = int(tail) if tail.isdigit() else "all"
     if follow:
@@ -386,7 +574,42 @@ def logs(target: Target, tail: str, follow: bool) -> None:
     sys.stdout.write(docker_engine.container_logs(running, lines))
 
 
+def _follow_file(path: Path, tail: int | None, follow: bool) -> None:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        text = ""
+    lines = text.splitlines(keepends=True)
+    sys.stdout.write("".join(lines[-tail:] if tail else lines))
+    if not follow:
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            handle.seek(0, 2)
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+
+
 def delete(target: Target, with_images: bool) -> None:
+    record = process_runtime.read_record(target.state_dir)
+    tree = [pid for leader in process_runtime.sessions(target.state_dir, record)
+            for pid in process_runtime.session_pids(leader)] if record else []
+    stopped = process_runtime.stop(target.state_dir)
+    if stopped is not None:
+        left = process_runtime.wait_until_gone(tree)
+        if left:
+            raise LocalmlError.one(f"processes {left} of {target.deployment} did not stop",
+                                   fix=f"end them by hand: kill -9 {' '.join(map(str, left))}")
+        _line("delete", f"stopped the server process of {target.deployment} (pid {stopped.supervisor_pid}); "
+                        "nothing of it is left running")
+        return
     name = container_stage.container_name(target.endpoint, target.deployment)
     found = docker_engine.get_container(name)
     image_tag = None

@@ -86,20 +86,22 @@ def image_tag(dockerfile: str, requirements: str, base_image_id: str) -> str:
     return f"{IMAGE_REPOSITORY}:{digest[:16]}"
 
 
-def check_python(env: ResolvedEnvironment, base_python: str, *, allow_mismatch: bool) -> str | None:
-    """None when fine; a warning text when mismatched but allowed; raises otherwise."""
+def check_python(env: ResolvedEnvironment, base_python: str, *, allow_mismatch: bool,
+                 where: str | None = None) -> str | None:
+    """None when fine; a warning text when mismatched but allowed; raises otherwise.
+    where: what provides Python (default: the base image)."""
     if not env.python_version or base_python.startswith(env.python_version + ".") \
             or base_python == env.python_version:
         return None
-    message = (f"the conda file pins python={env.python_version}, but the base image "
-               f"{env.base_image} has Python {base_python}")
+    where = where or f"the base image {env.base_image}"
+    message = f"the conda file pins python={env.python_version}, but {where} has Python {base_python}"
     if allow_mismatch:
         return message + " (allowed by allow_python_mismatch=1)"
     line = requirement_line(Path(env.conda_file), "python")
     raise LocalmlError.one(
         message, file=env.conda_file, line=line, key="dependencies",
-        fix=(f"pin python={'.'.join(base_python.split('.')[:2])}, use a base image with Python "
-             f"{env.python_version}, or pass allow_python_mismatch=1 to build anyway"),
+        fix=(f"pin python={'.'.join(base_python.split('.')[:2])}, provide Python {env.python_version}, "
+             "or pass allow_python_mismatch=1 to build anyway"),
     )
 
 

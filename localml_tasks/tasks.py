@@ -1,6 +1,7 @@
 """The doit tasks: wiring only, top to bottom in graph order.
 
     validate -> environment -> image -> container -> server -> devcontainer -> vscode -> health   (doit debug)
+                   (process mode: image -> venv, container -> process; runtime=process, or no Docker engine)
     invoke, show, logs, delete, endpoints                         (around a running endpoint)
 
 Variables come from doit's command line (`doit debug spec=blue-deployment.yml`); the last
@@ -17,7 +18,7 @@ from doit import get_var
 from doit.exceptions import TaskFailed
 from rich.console import Console
 
-from . import actions
+from . import actions, docker_engine
 from .actions import ServerMode, Target
 from .errors import LocalmlError
 from .reporter import LocalmlReporter
@@ -46,6 +47,20 @@ def _flag(name: str) -> bool:
 
 def _mode() -> ServerMode:
     return ServerMode(debugger=_var("debugger", "1").lower() not in ("0", "false", "no", "off"), wait=_flag("wait"))
+
+
+def _runtime() -> tuple[str, bool]:
+    """(docker | process, whether it was chosen automatically).
+
+    runtime= wins; else a deployment already running as a process stays one; else Docker when an
+    engine answers, process mode when none does."""
+    chosen = _var("runtime", "auto").lower()
+    if chosen in ("docker", "process"):
+        return chosen, False
+    target = _target()
+    if target and actions.runs_as_process(target):
+        return "process", False
+    return ("docker", True) if docker_engine.engine_available() else ("process", True)
 
 
 def _target() -> Target | None:
@@ -110,12 +125,16 @@ def task_validate() -> Iterator[dict[str, Any]]:
 
 
 def task_environment() -> Iterator[dict[str, Any]]:
-    """Resolve conda file + base image into a build plan (Dockerfile, requirements)."""
+    """Resolve conda file + base image into a build plan (Dockerfile, requirements), or a venv plan."""
     target = _target()
     if target:
+        runtime, automatic = _runtime()
+        allow = _flag("allow_python_mismatch")
+        action = (_guard(actions.resolve, target, allow) if runtime == "docker"
+                  else _guard(actions.resolve_for_process, target, allow, automatic))
         yield {
             "name": target.deployment,
-            "actions": [_guard(actions.resolve, target, _flag("allow_python_mismatch"))],
+            "actions": [action],
             "task_dep": [f"validate:{target.deployment}"],
             "uptodate": [False],
         }
@@ -124,7 +143,7 @@ def task_environment() -> Iterator[dict[str, Any]]:
 def task_image() -> Iterator[dict[str, Any]]:
     """Build the environment image (only when the build plan changed or the image is gone)."""
     target = _target()
-    if target:
+    if target and _runtime()[0] == "docker":
         build = target.build_dir
         no_cache = _flag("no_cache")  # rebuild from the base image, e.g. to pick up new releases of unpinned packages
         yield {
@@ -136,16 +155,42 @@ def task_image() -> Iterator[dict[str, Any]]:
         }
 
 
+def task_venv() -> Iterator[dict[str, Any]]:
+    """Process mode: the environment's venv under .localml/envs/ (built only when it changed)."""
+    target = _target()
+    if target and _runtime()[0] == "process":
+        yield {
+            "name": target.deployment,
+            "actions": [_guard(actions.build_venv, target)],
+            "task_dep": [f"environment:{target.deployment}"],
+            "file_dep": [target.state_dir / "venv-plan.json"],
+            "uptodate": [lambda: actions.venv_is_current(target)],
+        }
+
+
 def task_container() -> Iterator[dict[str, Any]]:
     """Run the deployment's container (recreated only when its configuration changed)."""
     target = _target()
-    if target:
+    if target and _runtime()[0] == "docker":
         yield {
             "name": target.deployment,
             "actions": [_guard(actions.start_container, target, _mode())],
             "task_dep": [f"image:{target.deployment}"],
             "file_dep": [target.resolved_file],
             "uptodate": [lambda: actions.container_is_current(target)],
+        }
+
+
+def task_process() -> Iterator[dict[str, Any]]:
+    """Process mode: run the server's supervisor on this machine (restarted only when the config changed)."""
+    target = _target()
+    if target and _runtime()[0] == "process":
+        yield {
+            "name": target.deployment,
+            "actions": [_guard(actions.start_process, target, _mode())],
+            "task_dep": [f"venv:{target.deployment}"],
+            "file_dep": [target.resolved_file],
+            "uptodate": [lambda: actions.process_is_current(target)],
         }
 
 
@@ -157,7 +202,7 @@ def task_server() -> Iterator[dict[str, Any]]:
         yield {
             "name": target.deployment,
             "actions": [_guard_with_changes(actions.refresh_server, target, mode)],
-            "task_dep": [f"container:{target.deployment}"],
+            "task_dep": [f"{'container' if _runtime()[0] == 'docker' else 'process'}:{target.deployment}"],
             "file_dep": actions.watched_files(target),
             "uptodate": [lambda: actions.server_is_current(target, mode)],
         }

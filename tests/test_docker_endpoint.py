@@ -108,7 +108,8 @@ def test_init_raising_fails_fast_with_the_exception_and_the_line(project, engine
 
 
 def test_no_docker_engine_is_one_line_saying_how_to_start_it(project):
-    result = debug(project, env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    # runtime=docker: without it, no engine means process mode (tests/test_process_mode.py)
+    result = debug(project, "runtime=docker", env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1, result.stderr

@@ -6,8 +6,8 @@ never sees init() or run(). Here the server's own configuration code runs as wit
 after debugpy starts listening, so breakpoints in init() and run() are hit.
 
 Environment: LOCALML_SERVER_PORT (5001), LOCALML_DEBUG_PORT (5678), LOCALML_BIND_HOST (0.0.0.0),
-LOCALML_DEBUG_WAIT=1 to wait for a debugger before init() runs, LOCALML_RUNTIME_DIR: where to write
-debugpy.json once a debugger can attach.
+LOCALML_DEBUG_WAIT=1 to wait for a debugger before init() runs, LOCALML_DEBUGGER=0 to serve without
+debugpy (process mode), LOCALML_RUNTIME_DIR: where to write debugpy.json once a debugger can attach.
 """
 
 import json
@@ -55,14 +55,15 @@ def main():
     amlserver.validate_environment_variables()
     amlserver.set_path_variable()
 
-    import debugpy
+    if os.environ.get("LOCALML_DEBUGGER", "1") != "0":
+        import debugpy
 
-    debugpy.listen((host, debug_port))
-    print(f"localml-debug: debugpy listening on port {debug_port}", flush=True)
-    _tell_the_host(debug_port)
-    if os.environ.get("LOCALML_DEBUG_WAIT") == "1":
-        print("localml-debug: waiting for a debugger to attach before init() (wait=1)", flush=True)
-        debugpy.wait_for_client()
+        debugpy.listen((host, debug_port))
+        print(f"localml-debug: debugpy listening on port {debug_port}", flush=True)
+        _tell_the_host(debug_port)
+        if os.environ.get("LOCALML_DEBUG_WAIT") == "1":
+            print("localml-debug: waiting for a debugger to attach before init() (wait=1)", flush=True)
+            debugpy.wait_for_client()
 
     from azureml_inference_server_http.server.entry import app  # creating the app runs init()
 

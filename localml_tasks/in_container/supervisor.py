@@ -12,7 +12,8 @@ It runs the inference server as a child process and keeps the container alive ar
 It talks to the host through files in RUNTIME_DIR (a folder shared with the host):
 - command.json, written by the host before a start or reload: {"argv": [...], "env": {...}}
   (so switching the debugger on or off is a reload, not a new container);
-- status.json, written here atomically: {"container", "generation", "state": "running" | "exited",
+- status.json, written here atomically: {"container", "supervisor" (its pid), "generation",
+  "state": "running" | "exited",
   "pid", "exit_code", "argv", "env", "started_at", "changed_at"}.
 
 Usage: supervisor.py RUNTIME_DIR
@@ -49,6 +50,7 @@ class Supervisor:
     def write_status(self, state, exit_code=None):
         status = {
             "container": socket.gethostname(),
+            "supervisor": os.getpid(),
             "generation": self.generation,
             "state": state,
             "pid": self.child.pid if self.child else None,

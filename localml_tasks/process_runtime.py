@@ -1,0 +1,242 @@
+"""Process mode — the same endpoint without Docker: a venv on this machine and our supervisor as a
+background process running the server on 127.0.0.1.
+
+The venv lives under .localml/envs/<hash of the requirements and Python>/ and is reused until the
+environment changes (uv when it is installed, else venv + pip). The model gets Azure's layout
+through a symlink, so $AZUREML_MODEL_DIR/<model folder name>/... works as in a container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .environment import ResolvedEnvironment
+from .image import parse_build_failure
+from .server import ProcessHost, process_is_alive
+from .spec import Deployment
+from .state import read_json, state_root, write_json_if_changed
+
+IN_CONTAINER = Path(__file__).resolve().parent / "in_container"
+COMPLETE_MARKER = ".localml-complete"
+
+
+@dataclass
+class ProcessRecord:
+    """What runs for one deployment in process mode (process.json in its state folder)."""
+
+    supervisor_pid: int
+    scoring_port: int
+    debug_port: int
+    venv: str
+    config_hash: str
+    log_file: str
+
+    def host(self, name: str) -> ProcessHost:
+        return ProcessHost(self.supervisor_pid, name, Path(self.log_file))
+
+
+def read_record(state_dir: Path) -> ProcessRecord | None:
+    data = read_json(state_dir / "process.json")
+    try:
+        return ProcessRecord(**data) if data else None
+    except TypeError:
+        return None
+
+
+def live_record(state_dir: Path) -> ProcessRecord | None:
+    record = read_record(state_dir)
+    return record if record and is_our_supervisor(record.supervisor_pid) else None
+
+
+def is_our_supervisor(pid: int) -> bool:
+    if not process_is_alive(pid):
+        return False
+    try:
+        return "supervisor.py" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return True  # no /proc here: trust the pid
+
+
+# --- the venv ---------------------------------------------------------------------------------------
+
+
+def host_python(env: ResolvedEnvironment) -> str:
+    """python3.X from PATH when the conda file pins X, else the Python running localml."""
+    if env.python_version:
+        found = shutil.which(f"python{env.python_version}")
+        if found:
+            return found
+    return sys.executable
+
+
+def python_version_of(python: str) -> str:
+    result = subprocess.run([python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                            capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def venv_dir(env: ResolvedEnvironment, python: str, python_version: str) -> Path:
+    digest = hashlib.sha256("\0".join([python, python_version, *env.requirements]).encode()).hexdigest()[:16]
+    return state_root() / "envs" / digest
+
+
+def ensure_venv(env: ResolvedEnvironment, python: str, python_version: str) -> tuple[Path, bool, float]:
+    """(venv folder, whether it was built now, seconds). Reused while the environment is unchanged."""
+    folder = venv_dir(env, python, python_version)
+    if (folder / COMPLETE_MARKER).exists():
+        return folder, False, 0.0
+    started = time.monotonic()
+    shutil.rmtree(folder, ignore_errors=True)  # a half-built one from an interrupted run
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    requirements = folder.parent / f"{folder.name}.requirements.txt"
+    requirements.write_text("".join(f"{line}\n" for line in env.requirements), encoding="utf-8")
+    uv = shutil.which("uv")
+    if uv:
+        steps = [[uv, "venv", "--quiet", "--python", python, str(folder)],
+                 [uv, "pip", "install", "--quiet", "--python", str(folder / "bin" / "python"), "-r", str(requirements)]]
+    else:
+        steps = [[python, "-m", "venv", str(folder)],
+                 [str(folder / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+                  "--progress-bar", "off", "-r", str(requirements)]]
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True)
+        if result.returncode != 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            lines = (result.stdout + result.stderr).splitlines()
+            raise parse_build_failure(lines, f"{Path(step[0]).name} exited with {result.returncode}", env.conda_file)
+    (folder / COMPLETE_MARKER).write_text(json.dumps(env.requirements), encoding="utf-8")
+    return folder, True, time.monotonic() - started
+
+
+# --- the supervisor process ------------------------------------------------------------------------------
+
+
+def model_dir(deployment: Deployment, state_dir: Path) -> Path:
+    """Azure's layout on this machine: <state>/azureml-models/<name>/<version>/<model folder name> -> model."""
+    root = state_dir / "azureml-models" / deployment.model_name / deployment.model_version
+    root.mkdir(parents=True, exist_ok=True)
+    if deployment.model_path:
+        link = root / Path(deployment.model_path).name
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and os.readlink(link) == deployment.model_path:
+                return root
+            link.unlink()
+        link.symlink_to(deployment.model_path)
+    return root
+
+
+def environment_for(deployment: Deployment, state_dir: Path) -> dict[str, str]:
+    script_dir, script_name = os.path.split(deployment.scoring_script)
+    return {
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "AZUREML_MODEL_DIR": str(model_dir(deployment, state_dir).resolve()),
+        "AML_APP_ROOT": str(Path(deployment.code_dir, script_dir)),
+        "AZUREML_ENTRY_SCRIPT": script_name,
+        **deployment.environment_variables,
+    }
+
+
+def config_hash(deployment: Deployment, venv: Path) -> str:
+    identity = {"env": deployment.environment_variables, "code": deployment.code_dir,
+                "script": deployment.scoring_script, "model": deployment.model_path, "venv": str(venv),
+                "supervisor": hashlib.sha256((IN_CONTAINER / "supervisor.py").read_bytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def server_command(venv: Path, scoring_port: int, debug_port: int, runtime_dir: Path, debugger: bool,
+                   wait: bool) -> dict:
+    """The server in one process bound to 127.0.0.1 (azmlinfsrv itself would bind every interface)."""
+    env = {"LOCALML_BIND_HOST": "127.0.0.1", "LOCALML_SERVER_PORT": str(scoring_port),
+           "LOCALML_DEBUG_PORT": str(debug_port), "LOCALML_RUNTIME_DIR": str(runtime_dir.resolve())}
+    if not debugger:
+        env["LOCALML_DEBUGGER"] = "0"
+    elif wait:
+        env["LOCALML_DEBUG_WAIT"] = "1"
+    return {"argv": [str(venv / "bin" / "python"), str(IN_CONTAINER / "debug_server.py")], "env": env}
+
+
+def start(deployment: Deployment, venv: Path, state_dir: Path, runtime_dir: Path, scoring_port: int,
+          debug_port: int, command: dict) -> ProcessRecord:
+    """Start the supervisor in its own session, with its output in runtime/server.log."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    write_json_if_changed(runtime_dir / "command.json", command)
+    log_file = runtime_dir / "server.log"
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            [str(venv / "bin" / "python"), str(IN_CONTAINER / "supervisor.py"), str(runtime_dir.resolve())],
+            env={**os.environ, **environment_for(deployment, state_dir)}, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, cwd=deployment.code_dir, start_new_session=True,
+        )
+    record = ProcessRecord(supervisor_pid=process.pid, scoring_port=scoring_port, debug_port=debug_port,
+                           venv=str(venv), config_hash=config_hash(deployment, venv), log_file=str(log_file))
+    write_json_if_changed(state_dir / "process.json", asdict(record))
+    return record
+
+
+def sessions(state_dir: Path, record: ProcessRecord) -> list[int]:
+    """The sessions to end: the supervisor's, and the server's (the supervisor gives it its own)."""
+    status = read_json(state_dir / "runtime" / "status.json") or {}
+    server_pid = status.get("pid") if status.get("supervisor") == record.supervisor_pid else None
+    return [record.supervisor_pid] + ([int(server_pid)] if server_pid else [])
+
+
+def stop(state_dir: Path, timeout_s: float = 15.0) -> ProcessRecord | None:
+    """End the supervisor and everything under it; returns the record of what was stopped."""
+    record = read_record(state_dir)
+    if record is None:
+        return None
+    pid = record.supervisor_pid
+    leaders = sessions(state_dir, record)
+    if is_our_supervisor(pid):
+        os.kill(pid, signal.SIGTERM)  # it stops the server, then exits
+        deadline = time.monotonic() + timeout_s
+        while process_is_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    # whatever is left in either session (both were started as session leaders: pgid == pid)
+    for leader in leaders:
+        for member in session_pids(leader):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(member, signal.SIGKILL)
+    _reap(pid)
+    (state_dir / "process.json").unlink(missing_ok=True)
+    return record
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def wait_until_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = [pid for pid in pids if process_is_alive(pid)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if process_is_alive(pid)]
+
+
+def session_pids(session_id: int) -> list[int]:
+    """Every live process in a session (from /proc): what `delete` must leave behind as nothing."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == session_id and fields[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
