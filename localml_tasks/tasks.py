@@ -151,7 +151,7 @@ def task_image() -> Iterator[dict[str, Any]]:
             "actions": [_guard(actions.build, target, no_cache)],
             "task_dep": [f"environment:{target.deployment}"],
             "file_dep": [build / "Dockerfile", build / "requirements.txt", build / "plan.json"],
-            "uptodate": [lambda: not no_cache and actions.image_is_current(target)],
+            "uptodate": [(actions.image_is_current, [target]) if not no_cache else False],
         }
 
 
@@ -164,7 +164,7 @@ def task_venv() -> Iterator[dict[str, Any]]:
             "actions": [_guard(actions.build_venv, target)],
             "task_dep": [f"environment:{target.deployment}"],
             "file_dep": [target.state_dir / "venv-plan.json"],
-            "uptodate": [lambda: actions.venv_is_current(target)],
+            "uptodate": [(actions.venv_is_current, [target])],
         }
 
 
@@ -177,7 +177,7 @@ def task_container() -> Iterator[dict[str, Any]]:
             "actions": [_guard(actions.start_container, target, _mode())],
             "task_dep": [f"image:{target.deployment}"],
             "file_dep": [target.resolved_file],
-            "uptodate": [lambda: actions.container_is_current(target)],
+            "uptodate": [(actions.container_is_current, [target])],
         }
 
 
@@ -190,7 +190,7 @@ def task_process() -> Iterator[dict[str, Any]]:
             "actions": [_guard(actions.start_process, target, _mode())],
             "task_dep": [f"venv:{target.deployment}"],
             "file_dep": [target.resolved_file],
-            "uptodate": [lambda: actions.process_is_current(target)],
+            "uptodate": [(actions.process_is_current, [target])],
         }
 
 
@@ -204,7 +204,7 @@ def task_server() -> Iterator[dict[str, Any]]:
             "actions": [_guard_with_changes(actions.refresh_server, target, mode)],
             "task_dep": [f"{'container' if _runtime()[0] == 'docker' else 'process'}:{target.deployment}"],
             "file_dep": actions.watched_files(target),
-            "uptodate": [lambda: actions.server_is_current(target, mode)],
+            "uptodate": [(actions.server_is_current, [target, mode])],
         }
 
 

@@ -51,20 +51,25 @@ class Project:
         path.write_text(text.replace(old, new))
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
-    root = tmp_path / "project"
+def sample_copy(root: Path) -> Project:
+    """specs/ and localml.yml copied to root, under an endpoint name of its own."""
     shutil.copytree(SPECS, root)
     shutil.copy(REPO / "localml.yml", root / "localml.yml")
     endpoint = f"t-{uuid.uuid4().hex[:8]}"
     proj = Project(root=root, endpoint=endpoint)
     proj.edit("endpoint.yml", "name: localml-sample", f"name: {endpoint}")
     proj.edit("blue-deployment.yml", "endpoint_name: localml-sample", f"endpoint_name: {endpoint}")
+    return proj
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    proj = sample_copy(tmp_path / "project")
     yield proj
-    _remove_containers(endpoint)
+    remove_containers(proj.endpoint)
 
 
-def _remove_containers(endpoint: str) -> None:
+def remove_containers(endpoint: str) -> None:
     try:
         engine = docker.from_env()
         for container in engine.containers.list(all=True, filters={"label": f"endpoint={endpoint}"}):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO, Project
+from conftest import REPO, Project, remove_containers, sample_copy
 from dap_client import DapClient
 
 DEVCONTAINER_CLI = REPO / ".tools" / "node_modules" / ".bin" / "devcontainer"
@@ -185,19 +184,9 @@ def test_devcontainer_cli_reads_the_config_and_up_returns_our_container(project,
 
 @pytest.fixture
 def spaced_project(tmp_path: Path) -> Project:
-    import uuid
-
-    root = tmp_path / "my project" / "with spaces"
-    shutil.copytree(REPO / "specs", root)
-    shutil.copy(REPO / "localml.yml", root / "localml.yml")
-    endpoint = f"t-{uuid.uuid4().hex[:8]}"
-    proj = Project(root=root, endpoint=endpoint)
-    proj.edit("endpoint.yml", "name: localml-sample", f"name: {endpoint}")
-    proj.edit("blue-deployment.yml", "endpoint_name: localml-sample", f"endpoint_name: {endpoint}")
+    proj = sample_copy(tmp_path / "my project" / "with spaces")
     yield proj
-    from conftest import _remove_containers
-
-    _remove_containers(endpoint)
+    remove_containers(proj.endpoint)
 
 
 def test_code_on_path_gets_the_exact_folder_uri_even_with_spaces(spaced_project, engine, tmp_path):
