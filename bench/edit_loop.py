@@ -3,8 +3,9 @@
     .venv/bin/python bench/edit_loop.py [--runs 5] [--azure-runs 2] [--env-runs 1] [--invokes 200]
 
 In one run, side by side, on a private copy of specs/ (its own endpoint name, removed at the end):
-- localml: cold debug from the base image, no-op debug, code edit / config edit / environment edit
-  -> first correct response, invoke through `localml invoke` and as plain HTTP (p50/p99);
+- localml: cold debug from the base image, no-op debug, code edit (under debugpy, the default, and
+  with debugger=0) / config edit / environment edit -> first correct response, invoke through
+  `localml invoke` and as plain HTTP (p50/p99);
 - the Azure way for the same code and config edits: the image built again (without Docker's
   cache, as Azure's local endpoint solves the environment on every update), the container
   recreated, a fixed 15 s wait, then the request; and the same with Docker's build cache, the
@@ -104,7 +105,7 @@ class Bench:
                                  buildargs=image_stage.proxy_build_args())
         spec = container_stage.render_container(load_deployment(self.spec), plan.tag,
                                                 self.engine.images.get(plan.tag).id,
-                                                (self.state / "runtime").resolve())
+                                                (self.state / "runtime").resolve(), self.state.resolve())
         container_stage.start(spec)  # removes the old container first
         time.sleep(AZURE_FIXED_WAIT_S)
 
@@ -189,6 +190,9 @@ def main() -> None:
         azure_cached = lambda: bench.azure_way(nocache=False)  # noqa: E731
 
         ours = median_time(options.runs, code_edit(with_localml))
+        bench.localml("debug", "debugger=0")  # the gunicorn server Azure runs, no debugpy
+        plain = median_time(options.runs, code_edit(lambda: bench.localml("debug", "debugger=0")))
+        bench.localml("debug")
         azure = median_time(options.azure_runs, code_edit(azure_nocache))
         cached = median_time(options.azure_runs, code_edit(azure_cached))
         bench.localml("debug")  # back to a container localml made
@@ -196,6 +200,8 @@ def main() -> None:
                      f"{ours:.2f} s", f"{azure:.1f} s", f"{azure / ours:.0f}×"))
         rows.append(("code edit, the Azure way with Docker's build cache", f"{ours:.2f} s", f"{cached:.1f} s",
                      f"{cached / ours:.0f}×"))
+        rows.append(("code edit with `debugger=0` (azmlinfsrv under gunicorn, no debugpy) vs the Azure way",
+                     f"{plain:.2f} s", f"{azure:.1f} s", f"{azure / plain:.0f}×"))
 
         ours = median_time(options.runs, config_edit(with_localml))
         cached = median_time(options.azure_runs, config_edit(azure_cached))

@@ -23,7 +23,7 @@ from .config import load_project_config
 from .environment import ResolvedEnvironment, resolve_environment
 from .errors import LocalmlError
 from .spec import Deployment, load_deployment
-from .state import current_file, deployment_dir, read_json, state_root, write_json_if_changed
+from .state import current_file, deployment_dir, read_json, write_json_if_changed
 
 out = Console(highlight=False, soft_wrap=True)
 COMMAND_STARTED = time.time()  # tells "started by this command" from "was already running"
@@ -636,7 +636,3 @@ def list_endpoints() -> None:
     for row in rows:
         out.print(f"{row['endpoint_name']:<24} {row['name']:<16} {row['provisioning_state']:<10} "
                   f"{row['scoring_uri']:<34} {row['container']['status']}")
-
-
-def state_dir_exists() -> bool:
-    return state_root().exists()

@@ -77,13 +77,6 @@ def pull(name: str) -> str | None:
         return None
 
 
-def image_labels(name: str) -> dict[str, str]:
-    try:
-        return client().images.get(name).labels or {}
-    except _docker().errors.ImageNotFound:
-        return {}
-
-
 def remove_image(name: str) -> bool:
     try:
         client().images.remove(name)

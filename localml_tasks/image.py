@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -246,7 +245,3 @@ def build_image(build_dir: Path, *, echo: bool = True, no_cache: bool = False) -
     if image_id is None:
         raise parse_build_failure(lines, "the build produced no image", plan.conda_file)
     return image_id, time.monotonic() - started
-
-
-def clean_build_dir(build_dir: Path) -> None:
-    shutil.rmtree(build_dir, ignore_errors=True)

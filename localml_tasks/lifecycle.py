@@ -31,8 +31,6 @@ def provisioning_state(container: Container) -> str:
     return {"running": "Succeeded", "created": "Creating", "restarting": "Updating"}.get(container.status, "Failed")
 
 
-def scoring_uri(container: Container) -> str:
-    return f"http://{LOOPBACK}:{container.labels[LABEL_SCORING_PORT]}/score"
 
 
 def describe_deployment(container: Container) -> dict[str, Any]:
