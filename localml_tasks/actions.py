@@ -385,15 +385,12 @@ def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
                               f"{' written' if changed else ''}")
         _merge_user_launch(launch, merge_into_user_launch)
         return
-    running = _running_container(target)
     spec = _container_spec(target)
-    scoring = int(running.labels[container_stage.LABEL_SCORING_PORT])
-    debug = int(running.labels[container_stage.LABEL_DEBUG_PORT])
     folder = target.state_dir.resolve()
-    config = devcontainer.render_devcontainer(spec, scoring, debug, folder)
+    config = devcontainer.render_devcontainer(spec, where.scoring_port, where.debug_port, folder)
     # in the template's order: people read these files
     changed = write_json_if_changed(folder / ".devcontainer" / "devcontainer.json", config, sort_keys=False)
-    launch = devcontainer.render_host_launch_file(target.resolved().code_dir, spec.code_target, debug)
+    launch = devcontainer.render_host_launch_file(target.resolved().code_dir, spec.code_target, where.debug_port)
     changed |= write_json_if_changed(target.launch_file, launch, sort_keys=False)
     shown = _display(target.launch_file)
     _line("devcontainer", f"{'written' if changed else 'up to date'}: {_display(folder / '.devcontainer')}, "
@@ -422,8 +419,7 @@ def open_vscode(target: Target, enabled: bool) -> None:
     if where.kind == "process":
         _line("vscode", how)
         return
-    running = _running_container(target)
-    command = vscode.launch(target.state_dir.resolve(), running.labels[container_stage.LABEL_CODE_TARGET])
+    command = vscode.launch(target.state_dir.resolve(), where.code_target)
     if command is None:
         _line("vscode", f"`code` is not on PATH: {how}")
     else:
@@ -505,15 +501,6 @@ def watch_deployment(target: Target) -> None:
 # --- around the endpoint ------------------------------------------------------------
 
 
-def _running_container(target: Target) -> Any:
-    name = container_stage.container_name(target.endpoint, target.deployment)
-    found = docker_engine.get_container(name)
-    if found is None:
-        raise LocalmlError.one(f"no local deployment {target.deployment} on endpoint {target.endpoint}",
-                               fix=f"start it: doit debug spec={target.spec_path}")
-    return found
-
-
 def invoke_endpoint(target: Target, request_path: Path) -> None:
     payload = invoke.read_request(request_path)
     running = _running(target)
@@ -561,7 +548,9 @@ def logs(target: Target, tail: str, follow: bool) -> None:
     if record is not None:
         _follow_file(Path(record.log_file), int(tail) if tail.isdigit() else None, follow)
         return
-    running = _running_container(target)
+    where = _running(target)
+    assert where is not None and isinstance(where.host, server.ContainerHost)
+    running = where.host.container
     lines: int | str = int(tail) if tail.isdigit() else "all"
     if follow:
         try:

@@ -18,6 +18,7 @@ from typing import Any
 from . import docker_engine
 from .errors import LocalmlError
 from .image import APP_ROOT, BIN_DIR, CONTAINER_PORT, RUNTIME_DIR
+from .server import debug_server_command
 from .spec import Deployment
 
 IN_CONTAINER = Path(__file__).resolve().parent / "in_container"  # mounted read-only at BIN_DIR
@@ -74,11 +75,9 @@ def model_dir_in_container(deployment: Deployment) -> str:
 def server_command(debugger: bool, wait: bool) -> dict[str, Any]:
     """What the supervisor runs: azmlinfsrv as Azure runs it, or its app in one process under debugpy."""
     if debugger:
-        env = {"LOCALML_DEBUG_PORT": str(DEBUG_CONTAINER_PORT), "LOCALML_SERVER_PORT": str(CONTAINER_PORT),
-               "LOCALML_RUNTIME_DIR": RUNTIME_DIR}
-        if wait:
-            env["LOCALML_DEBUG_WAIT"] = "1"
-        return {"argv": ["python", f"{BIN_DIR}/debug_server.py"], "env": env}
+        return debug_server_command("python", f"{BIN_DIR}/debug_server.py", server_port=CONTAINER_PORT,
+                                    debug_port=DEBUG_CONTAINER_PORT, runtime_dir=RUNTIME_DIR, debugger=True,
+                                    wait=wait)
     script = f'exec azmlinfsrv --entry_script "$AML_APP_ROOT/$AZUREML_ENTRY_SCRIPT" --port {CONTAINER_PORT}'
     return {"argv": ["sh", "-c", script], "env": {}}
 

@@ -31,6 +31,12 @@ class Cause:
     user_line: int | None
     function: str | None
 
+    def described(self) -> str:
+        """ " in init(): ValueError: ..." and the traceback below it, indented."""
+        in_function = f" in {self.function}()" if self.function else ""
+        trace = "\n    ".join(self.traceback)
+        return f"{in_function}: {self.summary}\n    {trace}"
+
 
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
 
@@ -112,13 +118,12 @@ def failure_error(what: str, log: str, path_map: dict[str, str], fix: str) -> Lo
         tail = [line for line in log.splitlines() if line.strip()][-12:]
         detail = "\n    ".join(tail) if tail else "(the server printed nothing)"
         return LocalmlError.one(f"{what}; the server's last lines:\n    {detail}", fix=fix)
-    in_function = f" in {cause.function}()" if cause.function else ""
-    trace = "\n    ".join(cause.traceback)
+    text = cause.described()
     listing = model_dir_listing(log)
     if listing and "FileNotFoundError" in cause.summary:
-        trace += "\n    the model folder (AZUREML_MODEL_DIR) holds:\n      " + "\n      ".join(listing)
+        text += "\n    the model folder (AZUREML_MODEL_DIR) holds:\n      " + "\n      ".join(listing)
     return LocalmlError([Problem(
-        f"{what}{in_function}: {cause.summary}\n    {trace}",
+        f"{what}{text}",
         file=cause.user_file, line=cause.user_line, fix=fix,
     )])
 

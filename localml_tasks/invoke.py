@@ -57,10 +57,8 @@ def error_for(result: InvokeResult, url: str, cause: Cause | None) -> LocalmlErr
     text = f"the endpoint answered {result.status} at {url}: {message.strip()[:2000]}"
     if cause is None:
         return LocalmlError.one(text, fix="the server's log may say more: doit logs")
-    in_function = f" in {cause.function}()" if cause.function else ""
-    trace = "\n    ".join(cause.traceback)
     return LocalmlError([Problem(
-        f"{text}\n  cause{in_function}: {cause.summary}\n    {trace}",
+        f"{text}\n  cause{cause.described()}",
         file=cause.user_file, line=cause.user_line,
         fix="fix run() in the scoring script, then doit debug and invoke again",
     )])

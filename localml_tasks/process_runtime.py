@@ -20,13 +20,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .container import IN_CONTAINER
 from .environment import ResolvedEnvironment
 from .image import parse_build_failure
-from .server import ProcessHost, process_is_alive
+from .server import ProcessHost, debug_server_command, process_is_alive
 from .spec import Deployment
 from .state import read_json, state_root, write_json_if_changed
 
-IN_CONTAINER = Path(__file__).resolve().parent / "in_container"
 COMPLETE_MARKER = ".localml-complete"
 
 
@@ -156,13 +156,10 @@ def config_hash(deployment: Deployment, venv: Path) -> str:
 def server_command(venv: Path, scoring_port: int, debug_port: int, runtime_dir: Path, debugger: bool,
                    wait: bool) -> dict:
     """The server in one process bound to 127.0.0.1 (azmlinfsrv itself would bind every interface)."""
-    env = {"LOCALML_BIND_HOST": "127.0.0.1", "LOCALML_SERVER_PORT": str(scoring_port),
-           "LOCALML_DEBUG_PORT": str(debug_port), "LOCALML_RUNTIME_DIR": str(runtime_dir.resolve())}
-    if not debugger:
-        env["LOCALML_DEBUGGER"] = "0"
-    elif wait:
-        env["LOCALML_DEBUG_WAIT"] = "1"
-    return {"argv": [str(venv / "bin" / "python"), str(IN_CONTAINER / "debug_server.py")], "env": env}
+    return debug_server_command(str(venv / "bin" / "python"), str(IN_CONTAINER / "debug_server.py"),
+                                server_port=scoring_port, debug_port=debug_port,
+                                runtime_dir=str(runtime_dir.resolve()), debugger=debugger, wait=wait,
+                                bind_host="127.0.0.1")
 
 
 def start(deployment: Deployment, venv: Path, state_dir: Path, runtime_dir: Path, scoring_port: int,

@@ -131,6 +131,22 @@ def write_command(runtime_dir: Path, command: dict[str, Any]) -> None:
     write_json_if_changed(runtime_dir / COMMAND_FILE_NAME, command)
 
 
+def debug_server_command(python: str, script: str, *, server_port: int, debug_port: int, runtime_dir: str,
+                         debugger: bool, wait: bool, bind_host: str | None = None) -> dict[str, Any]:
+    """in_container/debug_server.py: azmlinfsrv's app in one process, under debugpy unless debugger is off.
+    bind_host None: the debug server's default (every interface: inside a container, Docker publishes
+    the port on 127.0.0.1 only)."""
+    env = {"LOCALML_SERVER_PORT": str(server_port), "LOCALML_DEBUG_PORT": str(debug_port),
+           "LOCALML_RUNTIME_DIR": runtime_dir}
+    if bind_host:
+        env["LOCALML_BIND_HOST"] = bind_host
+    if not debugger:
+        env["LOCALML_DEBUGGER"] = "0"
+    elif wait:
+        env["LOCALML_DEBUG_WAIT"] = "1"
+    return {"argv": [python, script], "env": env}
+
+
 def watched_files(code_dir: str | None, model_path: str | None) -> list[str]:
     """Every file whose change means "reload": the code folder and the model, minus caches."""
     files: list[str] = []
