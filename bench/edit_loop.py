@@ -171,19 +171,19 @@ def main() -> None:
         base = bench.answer()
         assert base is not None
 
-        def code_edit(how: Callable[[], None]) -> Callable[[], None]:
+        def edit_cycle(edit: Callable[[], None], how: Callable[[], None]) -> Callable[[], None]:
+            """One timed cycle: edit, bring the endpoint up to date `how`, wait for the answer the edit means."""
             def cycle() -> None:
-                bench.edit_code()
+                edit()
                 how()
                 bench.wait_for(bench.expected(base))
             return cycle
 
+        def code_edit(how: Callable[[], None]) -> Callable[[], None]:
+            return edit_cycle(bench.edit_code, how)
+
         def config_edit(how: Callable[[], None]) -> Callable[[], None]:
-            def cycle() -> None:
-                bench.edit_config()
-                how()
-                bench.wait_for(bench.expected(base))
-            return cycle
+            return edit_cycle(bench.edit_config, how)
 
         with_localml = lambda: bench.localml("debug")  # noqa: E731
         azure_nocache = lambda: bench.azure_way(nocache=True)  # noqa: E731
