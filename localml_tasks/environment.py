@@ -1,8 +1,10 @@
 """Stage 2 — resolve the environment: conda file -> Python version + pip requirements.
 
-The pip path: the base image brings Python, we install the conda file's packages from PyPI
-into a venv. Conda package names are mapped to their PyPI names; packages that only exist
-on conda channels (toolkits, system libraries) are reported with their line.
+Two ways to build it. The conda path (the base image has conda, as Azure's do): conda creates
+the environment from the conda file itself, as Azure does. The pip path (a base image with
+Python and no conda): we install the conda file's packages from PyPI into a venv. Conda package
+names are mapped to their PyPI names; on the pip path, packages that only exist on conda
+channels (toolkits, system libraries) are reported with their line.
 """
 
 from __future__ import annotations
@@ -74,7 +76,10 @@ class ResolvedEnvironment:
         return digest.hexdigest()
 
 
-def resolve_environment(conda_file: Path, declared_image: str, base_image: str) -> ResolvedEnvironment:
+def resolve_environment(conda_file: Path, declared_image: str, base_image: str, *,
+                        conda_builds: bool = False) -> ResolvedEnvironment:
+    """conda_builds: conda will create the environment, so conda-only packages are fine (validation,
+    which cannot know the base image yet, passes True; the environment stage knows)."""
     doc = load_yaml(conda_file)
     data = doc.data
     if not isinstance(data, dict):
@@ -116,9 +121,10 @@ def resolve_environment(conda_file: Path, declared_image: str, base_image: str) 
         if name == "pip":
             continue
         if name in CONDA_ONLY:
-            problems.append(Problem(
-                f"conda package '{name}' has no PyPI equivalent, and this environment is built with pip",
-                fix="remove it (the base image must provide it), or use a base image with conda", **where))
+            if not conda_builds:
+                problems.append(Problem(
+                    f"conda package '{name}' has no PyPI equivalent, and this environment is built with pip",
+                    fix="remove it (the base image must provide it), or use a base image with conda", **where))
             continue
         conda_reqs.append(CONDA_TO_PYPI.get(name, name) + _conda_version_to_pip(rest))
     requirements = conda_reqs + pip_reqs

@@ -51,8 +51,6 @@ CATALOGUE = [
     ("conda_without_server.yml", "files/conda-no-server.yml", "dependencies:",
      "does not install the Azure ML inference server"),
     ("conda_not_yaml.yml", "files/conda-broken.yml", "- joblib", "not valid YAML"),
-    ("conda_only_package.yml", "files/conda-cudatoolkit.yml", "cudatoolkit",
-     "conda package 'cudatoolkit' has no PyPI equivalent"),
     ("azureml_model.yml", None, "model:", "'azureml:sample-regression:1' is a workspace asset, not available locally"),
     ("azureml_environment.yml", None, "environment:", "is a workspace environment, not available locally"),
     ("empty.yml", None, None, "the file is empty"),
