@@ -16,10 +16,14 @@ class Problem:
     column: int | None = None  # 1-based
     key: str | None = None  # dotted key path, e.g. environment.conda_file
     fix: str | None = None
+    # a command-line override (set=key.path=value, deployment=green) when the value came from it, not the file
+    override: str | None = None
 
     def render(self) -> str:
         where = ""
-        if self.file:
+        if self.override:
+            where = f"{self.override}: "
+        elif self.file:
             where = _display_path(self.file)
             if self.line:
                 where += f":{self.line}"

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .server import watched_files
@@ -68,9 +68,11 @@ def deployment_files(resolved: dict, spec_path: Path, endpoint_yaml: str | None)
     return watched_files(resolved.get("code_dir"), resolved.get("model_path")) + [p for p in extra if p]
 
 
-def run_debug_chain(spec_path: Path, endpoint_yaml: Path | None) -> int:
-    """The whole `debug` chain in a child process, with this folder's doit database."""
-    command = [sys.executable, "-m", "localml_tasks", "debug", f"spec={spec_path}"]
+def run_debug_chain(spec_path: Path, endpoint_yaml: Path | None, overrides: Sequence[str] = ()) -> int:
+    """The whole `debug` chain in a child process, with this folder's doit database.
+
+    overrides: set=/deployment=/endpoint_name= variables, passed on (with spec= given, none are remembered)."""
+    command = [sys.executable, "-m", "localml_tasks", "debug", f"spec={spec_path}", *overrides]
     if endpoint_yaml:
         command.append(f"endpoint={endpoint_yaml}")
     return subprocess.call(command)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,26 @@ class YamlDocument:
     path: Path
     data: Any
     positions: dict[KeyPath, tuple[int, int]]
+    # key paths replaced from the command line (overrides.apply) -> the override as the user wrote it
+    overrides: dict[KeyPath, str] = field(default_factory=dict)
+
+    def override_for(self, key_path: KeyPath) -> str | None:
+        """The override that set this key (or a parent of it, or created it on the way to a child)."""
+        probe = tuple(key_path)
+        for size in range(len(probe), -1, -1):
+            if probe[:size] in self.overrides:
+                return self.overrides[probe[:size]]
+        if probe not in self.positions:  # not in the file: a mapping an override created
+            below = [label for path, label in self.overrides.items() if path[:len(probe)] == probe]
+            return below[-1] if below else None
+        return None
 
     def where(self, key_path: KeyPath) -> dict[str, Any]:
-        """Keyword arguments for Problem: file, line, column, key."""
+        """Keyword arguments for Problem: file, line, column, key (and override, for a key set by one)."""
+        override = self.override_for(key_path)
+        if override:
+            return {"file": str(self.path), "line": None, "column": None, "key": dotted(key_path) or None,
+                    "override": override}
         probe = tuple(key_path)
         # fall back to the closest parent that has a position
         while probe and probe not in self.positions:
