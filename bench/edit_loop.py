@@ -5,7 +5,7 @@
 In one run, side by side, on a private copy of specs/ (its own endpoint name, removed at the end):
 - localml: cold debug from the base image, no-op debug, code edit (under debugpy, the default, and
   with debugger=0) / config edit / environment edit -> first correct response, invoke through
-  `localml invoke` and as plain HTTP (p50/p99);
+  `localml invoke`, and as plain HTTP straight to the deployment and through the endpoint router (p50/p99);
 - the Azure way for the same code and config edits: the image built again (without Docker's
   cache, as Azure's local endpoint solves the environment on every update), the container
   recreated, a fixed 15 s wait, then the request; and the same with Docker's build cache, the
@@ -225,14 +225,22 @@ def main() -> None:
 
         request_file = bench.root / "sample-request.json"
         via_cli = median_time(options.runs, lambda: bench.localml("invoke", f"request={request_file}"))
-        latencies = []
+        # interleaved, so both see the same machine: straight to the deployment, and through the
+        # endpoint's router (what `invoke` and the endpoint's scoring_uri use)
+        router = json.loads((bench.state.parent / "router.json").read_text())
+        endpoint_url = f"http://127.0.0.1:{router['port']}/score"
+        direct, routed = [], []
         for _ in range(options.invokes):
-            started = time.perf_counter()
-            bench.answer()
-            latencies.append((time.perf_counter() - started) * 1000)
+            for url, latencies in ((bench.url, direct), (endpoint_url, routed)):
+                started = time.perf_counter()
+                reply = bench.session.post(url, json=bench.request, timeout=30)
+                latencies.append((time.perf_counter() - started) * 1000)
+                assert reply.status_code == 200, reply.text
         rows.append((f"`invoke` command, end to end (median of {options.runs})", f"{via_cli * 1000:.0f} ms", "", ""))
-        rows.append((f"plain HTTP POST /score p50 / p99 (of {options.invokes})",
-                     f"{percentile(latencies, 50):.1f} / {percentile(latencies, 99):.1f} ms", "", ""))
+        rows.append((f"plain HTTP POST /score to the deployment, p50 / p99 (of {options.invokes})",
+                     f"{percentile(direct, 50):.1f} / {percentile(direct, 99):.1f} ms", "", ""))
+        rows.append((f"the same through the endpoint's router, p50 / p99 (of {options.invokes}, interleaved)",
+                     f"{percentile(routed, 50):.1f} / {percentile(routed, 99):.1f} ms", "", ""))
     finally:
         subprocess.run([sys.executable, "-m", "localml_tasks", "delete", "images=1"], cwd=bench.root,
                        capture_output=True)

@@ -10,18 +10,21 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.syntax import Syntax
 
+from . import build_context as context_stage
 from . import container as container_stage
 from . import devcontainer, docker_engine, health, image, invoke, lifecycle, process_runtime, server, vscode, watch
-from .config import load_project_config
+from . import endpoint as endpoint_stage
+from .config import ProjectConfig, load_project_config
 from .environment import ResolvedEnvironment, resolve_environment
 from .errors import LocalmlError
+from .overrides import Overrides
 from .spec import Deployment, load_deployment
 from .state import current_file, deployment_dir, read_json, write_json_if_changed
 
@@ -62,6 +65,8 @@ class Target:
     endpoint: str
     deployment: str
     endpoint_yaml: Path | None = None
+    # set=, endpoint_name=, deployment= as given (the names above include them)
+    overrides: Overrides = field(default_factory=Overrides)
 
     @property
     def state_dir(self) -> Path:
@@ -104,10 +109,17 @@ class Running:
     path_map: dict[str, str]  # the server's code folder -> the user's (identity in process mode)
     read_log: Callable[[float | None], str]  # log since a Unix time (None: all)
     code_target: str  # the code folder as the server sees it
+    # role (scoring, readiness, liveness) -> {path, port on 127.0.0.1}
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    custom: bool = False  # a custom container (environment.inference_config): no supervisor of ours
+
+    def uri(self, role: str) -> str:
+        route = self.routes.get(role) or {"path": "/score" if role == "scoring" else "/", "port": self.scoring_port}
+        return f"http://{container_stage.LOOPBACK}:{route['port']}{route['path']}"
 
     @property
     def scoring_uri(self) -> str:
-        return f"http://{container_stage.LOOPBACK}:{self.scoring_port}/score"
+        return self.uri("scoring")
 
 
 def _running(target: Target, required: bool = True) -> Running | None:
@@ -128,10 +140,12 @@ def _running(target: Target, required: bool = True) -> Running | None:
         return None
     labels = found.labels
     code_target = labels.get(container_stage.LABEL_CODE_TARGET, "")
+    routes = json.loads(labels.get(container_stage.LABEL_ROUTES) or "{}")
     return Running("container", server.ContainerHost(found), int(labels[container_stage.LABEL_SCORING_PORT]),
-                   int(labels[container_stage.LABEL_DEBUG_PORT]),
-                   {code_target: labels.get(container_stage.LABEL_CODE_DIR, "")},
-                   lambda since: docker_engine.container_logs(found, since=since), code_target)
+                   int(labels.get(container_stage.LABEL_DEBUG_PORT) or 0),
+                   {code_target: labels.get(container_stage.LABEL_CODE_DIR, "")} if code_target else {},
+                   lambda since: docker_engine.container_logs(found, since=since), code_target,
+                   routes, labels.get(container_stage.LABEL_CUSTOM) == "1")
 
 
 def _process_log(log_file: Path, since: float | None) -> str:
@@ -155,40 +169,79 @@ def _line(stage: str, text: str) -> None:
 
 def validate(target: Target) -> None:
     started = time.perf_counter()
-    deployment = load_deployment(target.spec_path, target.endpoint_yaml)
+    deployment = load_deployment(target.spec_path, target.endpoint_yaml, target.overrides.parse())
     if (deployment.endpoint_name, deployment.deployment_name) != (target.endpoint, target.deployment):
         raise LocalmlError.one("the deployment's names changed while loading; run the command again")
     write_json_if_changed(target.resolved_file, deployment.to_json())
     endpoint_yaml = str(target.endpoint_yaml.resolve()) if target.endpoint_yaml else None
+    # the overrides too: a later command without spec= means this same (overridden) deployment
     write_json_if_changed(current_file(), {"spec": str(target.spec_path.resolve()), "endpoint": target.endpoint,
-                                           "deployment": target.deployment, "endpoint_yaml": endpoint_yaml})
+                                           "deployment": target.deployment, "endpoint_yaml": endpoint_yaml,
+                                           "overrides": target.overrides.as_vars()})
     took = (time.perf_counter() - started) * 1000
     _line("validate", f"{deployment.deployment_name} on endpoint {deployment.endpoint_name}: valid ({took:.0f} ms)")
 
 
 def resolve(target: Target, allow_python_mismatch: bool) -> None:
     deployment = target.resolved()
-    if deployment.build_context:
-        raise LocalmlError.one(
-            "environment.build (your own Docker build context) is valid, but localml cannot run it yet",
-            file=deployment.spec_path, key="environment.build",
-            fix="for now give environment.image + environment.conda_file")
-    assert deployment.conda_file and deployment.image  # validation guarantees both
+    if deployment.inference_config:
+        _resolve_custom_image(target, deployment)
+        return
     config = load_project_config()
+    if deployment.build_context:
+        _resolve_build_context(target, deployment, config)
+        return
+    assert deployment.conda_file and deployment.image  # validation guarantees both
     base = config.resolve_image(deployment.image)
-    env = resolve_environment(Path(deployment.conda_file), deployment.image, base)
-    plan = image.prepare_build_context(env, target.build_dir, allow_python_mismatch=allow_python_mismatch)
+    plan, env = image.prepare_build_context(Path(deployment.conda_file), deployment.image, base, target.build_dir,
+                                            allow_python_mismatch=allow_python_mismatch)
     via = f" (alias of {deployment.image})" if base != deployment.image else ""
-    python = f"python {plan.base_python}"
-    _line("environment", f"{python}, {len(env.requirements)} pip requirements, base {base}{via} → {plan.tag}")
+    if plan.kind == "conda":
+        _line("environment", f"conda {plan.conda_version} in the base image: conda env create from "
+                             f"{Path(plan.conda_file).name} (python {plan.base_python}), base {base}{via} → {plan.tag}")
+    else:
+        _line("environment", f"python {plan.base_python}, {len(env.requirements)} pip requirements, "
+                             f"base {base}{via} → {plan.tag}")
+
+
+def _resolve_build_context(target: Target, deployment: Deployment, config: ProjectConfig) -> None:
+    """environment.build: the user's Dockerfile as-is, our layer on top (build_context.py)."""
+    assert deployment.build_context and deployment.dockerfile_path  # validation guarantees both
+    plan, files = context_stage.prepare(Path(deployment.build_context), deployment.dockerfile_path,
+                                        target.build_dir, config)
+    aliased = [f"{item['name']} → {item['local']}" for item in plan.from_images if item["local"] != item["name"]]
+    via = f"; FROM {', '.join(aliased)} (image_aliases)" if aliased else ""
+    _line("environment", f"your {deployment.dockerfile_path} with {_display(Path(deployment.build_context))} "
+                         f"as context ({files} files){via}, localml's layer on top → {plan.tag}")
+
+
+def _resolve_custom_image(target: Target, deployment: Deployment) -> None:
+    assert deployment.image  # validation guarantees it
+    image_name = load_project_config().resolve_image(deployment.image)
+    plan = image.plan_custom_image(deployment.image, image_name, target.build_dir)
+    via = f" (alias of {deployment.image})" if image_name != deployment.image else ""
+    scoring = deployment.inference_config["scoring_route"] if deployment.inference_config else {}
+    _line("environment", f"custom container {image_name}{via} ({plan.base_image_id[7:19]}) runs as-is, "
+                         f"scoring on its port {scoring.get('port')} at {scoring.get('path')}")
 
 
 def build(target: Target, no_cache: bool) -> None:
     plan = image.load_plan(target.build_dir)
     assert plan is not None
+    if plan.kind == "custom":
+        _line("image", f"{plan.tag} is a custom container's own image: nothing to build")
+        return
+    if not no_cache and image.image_is_built(target.build_dir):
+        # doit has no record for this deployment yet, but the tag (a hash of what goes in) exists
+        _line("image", f"reused {plan.tag}: the same environment is already built")
+        return
     why = " without Docker's cache (no_cache=1)" if no_cache else ""
-    _line("image", f"building {plan.tag} from {Path(plan.conda_file).name}{why} …")
-    image_id, seconds = image.build_image(target.build_dir, no_cache=no_cache)
+    _line("image", f"building {plan.tag} from {plan.source}{why} …")
+    if plan.kind == "context":
+        image_id, seconds = context_stage.build(target.build_dir, say=lambda text: _line("image", text),
+                                                no_cache=no_cache)
+    else:
+        image_id, seconds = image.build_image(target.build_dir, no_cache=no_cache)
     _line("image", f"built {plan.tag} ({image_id[7:19]}) in {seconds:.1f} s")
 
 
@@ -199,7 +252,7 @@ def image_is_current(target: Target) -> bool:
         return False  # the action will report it
 
 
-def _container_spec(target: Target) -> container_stage.ContainerSpec:
+def _container_spec(target: Target, gpu: bool = False) -> container_stage.ContainerSpec:
     deployment = target.resolved()
     plan = image.load_plan(target.build_dir)
     if plan is None:
@@ -208,24 +261,33 @@ def _container_spec(target: Target) -> container_stage.ContainerSpec:
     if image_id is None:
         raise LocalmlError.one(f"image {plan.tag} is missing", fix="run doit debug to build it")
     return container_stage.render_container(deployment, plan.tag, image_id, target.runtime_dir.resolve(),
-                                            target.state_dir.resolve())
+                                            target.state_dir.resolve(), gpu=gpu)
 
 
-def container_is_current(target: Target) -> bool:
+def container_is_current(target: Target, gpu: bool = False) -> bool:
     try:
-        return container_stage.is_current(_container_spec(target))
+        return container_stage.is_current(_container_spec(target, gpu))
     except LocalmlError:
         return False
 
 
-def start_container(target: Target, mode: ServerMode) -> None:
-    spec = _container_spec(target)
+def start_container(target: Target, mode: ServerMode, gpu: bool = False) -> None:
+    if gpu:
+        gpus = container_stage.check_gpu()
+        _line("container", f"gpu=1: requesting {len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({gpus[0]})")
+    spec = _container_spec(target, gpu)
+    if spec.custom:
+        started, ports, reason = container_stage.start(spec)
+        routes = container_stage.host_routes(spec, ports)
+        _line("container", f"{reason} {spec.name} ({started.short_id}), a custom container serving itself: scoring "
+                           f"{routes['scoring']['path']} on {container_stage.LOOPBACK}:{ports['scoring']}")
+        return
     server.clear_status(target.runtime_dir)
     server.write_command(target.runtime_dir, mode.command)
-    started, scoring, debug, reason = container_stage.start(spec)
+    started, ports, reason = container_stage.start(spec)
     server.wait_for_supervisor(server.ContainerHost(started), target.runtime_dir)
-    _line("container", f"{reason} {spec.name} ({started.short_id}): scoring on {container_stage.LOOPBACK}:{scoring}, "
-                       f"debug port {debug}")
+    _line("container", f"{reason} {spec.name} ({started.short_id}): scoring on "
+                       f"{container_stage.LOOPBACK}:{ports['scoring']}, debug port {ports['debug']}")
 
 
 # --- process mode: a venv and a supervisor process instead of an image and a container ---------------
@@ -235,6 +297,10 @@ def resolve_for_process(target: Target, allow_python_mismatch: bool, chosen_auto
     if chosen_automatically:
         _line("runtime", "no Docker engine answers: process mode (the server runs in a venv on this machine)")
     deployment = target.resolved()
+    if deployment.inference_config:
+        raise LocalmlError.one("a custom container (environment.inference_config) needs Docker: its image is the "
+                               "server", file=deployment.spec_path, key="environment.inference_config",
+                               fix="start a Docker engine (see README), then doit debug again")
     if deployment.build_context:
         raise LocalmlError.one("environment.build needs Docker; process mode installs a conda file's packages",
                                file=deployment.spec_path, key="environment.build",
@@ -322,7 +388,7 @@ def watched_files(target: Target) -> list[str]:
     the last validated one; the validate stage reports any problem with the spec itself.
     """
     try:
-        deployment = load_deployment(target.spec_path, target.endpoint_yaml)
+        deployment = load_deployment(target.spec_path, target.endpoint_yaml, target.overrides.parse())
         return server.watched_files(deployment.code_dir, deployment.model_path)
     except LocalmlError:
         data = read_json(target.resolved_file) or {}
@@ -334,6 +400,8 @@ def server_is_current(target: Target, mode: ServerMode) -> bool:
         running = _running(target, required=False)
     except LocalmlError:
         return False
+    if running is not None and running.custom:
+        return running.host.is_up()
     return running is not None and server.is_running_in(running.host, target.runtime_dir,
                                                         mode.command_for(running, target))
 
@@ -342,6 +410,9 @@ def refresh_server(target: Target, mode: ServerMode, changed: list[str]) -> None
     """Reload the server process when code or model changed, its mode changed, or it is not running."""
     running = _running(target)
     assert running is not None
+    if running.custom:
+        _restart_custom_container(target, running, changed)
+        return
     command = mode.command_for(running, target)
     status = server.read_status(target.runtime_dir)
     mine = status is not None and running.host.owns(status)
@@ -365,6 +436,18 @@ def refresh_server(target: Target, mode: ServerMode, changed: list[str]) -> None
     _await_debugger_port(running, target, mode)
 
 
+def _restart_custom_container(target: Target, running: Running, changed: list[str]) -> None:
+    """A custom container has no supervisor of ours: a changed model (or code) restarts its container."""
+    assert isinstance(running.host, server.ContainerHost)
+    if not changed:
+        _line("server", "a custom container serves itself (its image's own command)")
+        return
+    names = [_relative_to_spec(target, path) for path in changed]
+    docker_engine.restart_container(running.host.container)
+    _line("server", f"restarted the custom container — {', '.join(names[:3])}{' …' if len(names) > 3 else ''} "
+                    "changed")
+
+
 def _await_debugger_port(running: Running, target: Target, mode: ServerMode) -> None:
     """With wait=1 the next stages tell the user to attach: make sure debugpy listens by then."""
     if mode.debugger and mode.wait and server.wait_for_debugger_port(running.host, target.runtime_dir):
@@ -376,6 +459,9 @@ def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
     """.devcontainer/devcontainer.json and launch.json in the state folder, for the running container."""
     where = _running(target)
     assert where is not None
+    if where.custom:
+        _line("devcontainer", "none for a custom container: its image runs as-is, without localml's debug server")
+        return
     if where.kind == "process":
         # no container: VS Code on this machine attaches directly, the paths are the same on both sides
         code_dir = target.resolved().code_dir
@@ -387,7 +473,9 @@ def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
         return
     spec = _container_spec(target)
     folder = target.state_dir.resolve()
-    config = devcontainer.render_devcontainer(spec, where.scoring_port, where.debug_port, folder)
+    plan = image.load_plan(target.build_dir)
+    python = context_stage.LOCALML_PYTHON if plan is not None and plan.kind == "context" else None
+    config = devcontainer.render_devcontainer(spec, where.scoring_port, where.debug_port, folder, python=python)
     # in the template's order: people read these files
     changed = write_json_if_changed(folder / ".devcontainer" / "devcontainer.json", config, sort_keys=False)
     launch = devcontainer.render_host_launch_file(target.resolved().code_dir, spec.code_target, where.debug_port)
@@ -409,6 +497,10 @@ def _merge_user_launch(launch: dict[str, Any], asked: bool) -> None:
 def open_vscode(target: Target, enabled: bool) -> None:
     where = _running(target)
     assert where is not None
+    if where.custom:
+        _line("vscode", f"skipped: nothing to debug in a custom container ({where.host.name}); doit logs shows "
+                        "its output")
+        return
     how = (f"attach a debugger to {container_stage.LOOPBACK}:{where.debug_port} with '{devcontainer.LAUNCH_NAME}' "
            f"from {_display(target.launch_file)}")
     if where.kind == "container":
@@ -441,42 +533,63 @@ def _relative_to_spec(target: Target, path: str) -> str:
 
 
 def check_health(target: Target) -> None:
+    """Readiness with the deployment's readiness_probe, then one liveness probe (custom routes honoured)."""
     deployment = target.resolved()
     running = _running(target)
     assert running is not None
-    port = running.scoring_port
-    probe = deployment.readiness_probe
 
     def alive() -> bool:
-        return running.host.is_up() and not server.has_exited(running.host, target.runtime_dir)
+        return running.host.is_up() and (running.custom or not server.has_exited(running.host, target.runtime_dir))
 
     def log_of_this_start() -> str:
         status = server.read_status(target.runtime_dir)
-        return running.read_log(status.started_at - 1 if status and running.host.owns(status) else None)
+        owned = status is not None and not running.custom and running.host.owns(status)
+        return running.read_log(status.started_at - 1 if owned and status else None)
 
-    path_map = running.path_map
-    seconds = health.wait_until_healthy(
-        f"http://{container_stage.LOOPBACK}:{port}/",
-        deadline_s=probe.initial_delay + probe.period * probe.failure_threshold,
-        request_timeout_s=max(probe.timeout, 1),
-        is_alive=alive,
-        read_log=log_of_this_start,
-        path_map=path_map,
-        label="health",
-    )
+    seconds = health.wait_until_healthy(running.uri("readiness"), probe=deployment.readiness_probe, is_alive=alive,
+                                        read_log=log_of_this_start, path_map=running.path_map, label="health")
+    health.check_liveness(running.uri("liveness"), deployment.liveness_probe)
     status = server.read_status(target.runtime_dir)
-    if status and running.host.owns(status) and status.started_at >= COMMAND_STARTED:
+    if not running.custom and status and running.host.owns(status) and status.started_at >= COMMAND_STARTED:
         what = running.kind if status.generation == 1 else "server"
         _line("health", f"healthy {time.time() - status.started_at:.1f} s after the {what} started")
     else:
-        _line("health", f"healthy (answered in {seconds * 1000:.0f} ms)")
-    _line("endpoint", f"scoring URI http://{container_stage.LOOPBACK}:{port}/score  (doit invoke request=<file.json>)")
+        _line("health", f"ready (answered {running.uri('readiness')} in {seconds * 1000:.0f} ms)")
+
+
+def _deployment_routes(endpoint_name: str) -> dict[str, dict[str, Any]]:
+    """Every deployment of the endpoint that runs now: name -> its scoring route on this machine."""
+    found: dict[str, dict[str, Any]] = {}
+    folder = endpoint_stage.endpoint_dir(endpoint_name)
+    if folder.is_dir():
+        for state_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            record = process_runtime.live_record(state_dir)
+            if record is not None:
+                found[state_dir.name] = {"path": "/score", "port": record.scoring_port}
+    if docker_engine.engine_available():
+        for described in lifecycle.deployments_of(endpoint_name):
+            if described["container"]["status"] == "running":
+                found.setdefault(described["name"], described["routes"]["scoring"])
+    return found
+
+
+def update_endpoint(target: Target) -> None:
+    """Point the endpoint's address at its running deployments, with the endpoint YAML's traffic."""
+    deployment = target.resolved()
+    routes = endpoint_stage.render_routes(target.endpoint, deployment.endpoint_data,
+                                          _deployment_routes(target.endpoint))
+    endpoint_stage.write_routes(target.endpoint, routes)
+    taken = docker_engine.ports_in_use_by_containers() if docker_engine.engine_available() else set()
+    router, started = endpoint_stage.ensure_router(target.endpoint, taken)
+    how = "started on" if started else "at"
+    _line("endpoint", f"{target.endpoint} {how} {router.scoring_uri} → {endpoint_stage.describe_traffic(routes)}")
+    _line("endpoint", "doit invoke request=<file.json> (deployment=<name> picks one)")
 
 
 def watch_deployment(target: Target) -> None:
     """Follow saves until Ctrl-C: each settled change runs the debug chain again."""
     # bring it up first (a broken start is reported, and the next save is the fix)
-    watch.run_debug_chain(target.spec_path, target.endpoint_yaml)
+    watch.run_debug_chain(target.spec_path, target.endpoint_yaml, target.overrides.argv())
     resolved = read_json(target.resolved_file) or {}
     endpoint_yaml = str(target.endpoint_yaml) if target.endpoint_yaml else None
 
@@ -486,7 +599,7 @@ def watch_deployment(target: Target) -> None:
     def on_change(changed: list[str]) -> None:
         names = [_relative_to_spec(target, path) for path in changed]
         _line("watch", f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''} changed")
-        if watch.run_debug_chain(target.spec_path, target.endpoint_yaml) != 0:
+        if watch.run_debug_chain(target.spec_path, target.endpoint_yaml, target.overrides.argv()) != 0:
             _line("watch", "not healthy: fix the error above and save again")
         else:
             _line("watch", "ready — waiting for changes (Ctrl-C stops)")
@@ -501,46 +614,70 @@ def watch_deployment(target: Target) -> None:
 # --- around the endpoint ------------------------------------------------------------
 
 
-def invoke_endpoint(target: Target, request_path: Path) -> None:
+def invoke_endpoint(target: Target, request_path: Path, named: str | None) -> None:
+    """POST to the endpoint's address: routed by traffic, or to the deployment named (deployment=)."""
     payload = invoke.read_request(request_path)
-    running = _running(target)
-    assert running is not None
-    url = running.scoring_uri
+    router = endpoint_stage.find_router(target.endpoint)
+    if router is None:
+        raise LocalmlError.one(f"local endpoint {target.endpoint} is not running",
+                               fix=f"start it: doit debug spec={target.spec_path}")
+    url = router.scoring_uri
     timeout_s = max(target.resolved().request_timeout_ms / 1000 * 2, 30) if target.resolved_file.exists() else 60
     sent_at = time.time()
-    result = invoke.post(url, payload, timeout_s=timeout_s)
+    result = invoke.post(url, payload, timeout_s=timeout_s,
+                         headers={invoke.DEPLOYMENT_HEADER: named} if named else None)
+    answered = result.deployment
     if not 200 <= result.status < 300:
         # the server answers "check the logs": we do, and show the traceback through run()
-        log = running.read_log(sent_at - 1)
-        raise invoke.error_for(result, url, health.extract_cause(log, running.path_map))
-    _line("invoke", f"{result.status} from {target.deployment} in {result.latency_ms:.0f} ms")
+        running = _running(Target(target.spec_path, target.endpoint, answered), required=False) if answered else None
+        cause = health.extract_cause(running.read_log(sent_at - 1), running.path_map) if running else None
+        raise invoke.error_for(result, url, cause, answered)
+    how = "named" if named else "by traffic"
+    _line("invoke", f"{result.status} from {answered} ({how}) in {result.latency_ms:.0f} ms")
     body = json.dumps(result.body, indent=2) if not isinstance(result.body, str) else result.body
     out.print(Syntax(body, "json", theme="ansi_dark", background_color="default") if out.is_terminal else body)
 
 
+def _describe_process(endpoint_name: str, state_dir: Path) -> dict[str, Any] | None:
+    record = process_runtime.live_record(state_dir)
+    if record is None:
+        return None
+    data = read_json(state_dir / "deployment.json") or {}
+    status = server.read_status(state_dir / "runtime")
+    state = "Succeeded" if status and status.state == "running" else "Failed"
+    base = f"http://{container_stage.LOOPBACK}:{record.scoring_port}"
+    route = {"path": "/", "port": record.scoring_port}
+    return {
+        "name": state_dir.name, "endpoint_name": endpoint_name, "type": "local", "location": "local",
+        "runtime": "process", "provisioning_state": state, "scoring_uri": f"{base}/score",
+        "swagger_uri": f"{base}/swagger.json", "readiness_uri": f"{base}/", "liveness_uri": f"{base}/",
+        "routes": {"scoring": {"path": "/score", "port": record.scoring_port}, "readiness": route, "liveness": route},
+        "ports": {"scoring": record.scoring_port, "debug": record.debug_port},
+        "pid": record.supervisor_pid, "spec": data.get("spec_path"),
+        "environment_variables": data.get("environment_variables", {}),
+    }
+
+
 def show(target: Target) -> None:
-    where = _running(target, required=False)
-    if where is not None and where.kind == "process":
-        deployment = target.resolved()
-        status = server.read_status(target.runtime_dir)
-        state = "Succeeded" if status and status.state == "running" and where.host.is_up() else "Failed"
-        uri = where.scoring_uri
-        print(json.dumps({
-            "name": deployment.endpoint_name, "location": "local", "kind": "local", "runtime": "process",
-            "provisioning_state": state, "scoring_uri": uri, "swagger_uri": uri.replace("/score", "/swagger.json"),
-            "traffic": {deployment.deployment_name: 100},
-            "deployments": [{"name": deployment.deployment_name, "endpoint_name": deployment.endpoint_name,
-                             "location": "local", "runtime": "process", "provisioning_state": state,
-                             "scoring_uri": uri, "ports": {"scoring": where.scoring_port, "debug": where.debug_port},
-                             "pid": process_runtime.read_record(target.state_dir).supervisor_pid,
-                             "environment_variables": deployment.environment_variables}],
-        }, indent=2))
-        return
-    described = lifecycle.describe_endpoint(target.endpoint)
-    if described is None:
+    """The endpoint and every deployment it has here, Azure-style, with what the servers offer."""
+    folder = endpoint_stage.endpoint_dir(target.endpoint)
+    deployments = [d for d in (_describe_process(target.endpoint, state_dir)
+                               for state_dir in sorted(folder.iterdir() if folder.is_dir() else [])
+                               if state_dir.is_dir()) if d]
+    if docker_engine.engine_available():
+        names = {d["name"] for d in deployments}
+        deployments += [d for d in lifecycle.deployments_of(target.endpoint) if d["name"] not in names]
+    if not deployments:
         raise LocalmlError.one(f"no local endpoint named {target.endpoint}",
                                fix=f"start it: doit debug spec={target.spec_path}")
-    print(json.dumps(described, indent=2))
+    endpoint_data = (read_json(target.resolved_file) or {}).get("endpoint_data") or {}
+    router = endpoint_stage.find_router(target.endpoint)
+    for described in deployments:
+        described.update(lifecycle.offered_swagger(described))
+    described_endpoint = lifecycle.render_endpoint(target.endpoint, endpoint_data,
+                                                   sorted(deployments, key=lambda d: d["name"]),
+                                                   router.base_uri if router else None)
+    print(json.dumps(described_endpoint, indent=2))
 
 
 def logs(target: Target, tail: str, follow: bool) -> None:
@@ -598,23 +735,53 @@ def delete(target: Target, with_images: bool) -> None:
                                    fix=f"end them by hand: kill -9 {' '.join(map(str, left))}")
         _line("delete", f"stopped the server process of {target.deployment} (pid {stopped.supervisor_pid}); "
                         "nothing of it is left running")
+        _update_routes_after_delete(target)
         return
     name = container_stage.container_name(target.endpoint, target.deployment)
     found = docker_engine.get_container(name)
     image_tag = None
+    custom = False
     if found is not None:
         image_tag = (found.image.tags or [None])[0] if found.image else None
+        custom = found.labels.get(container_stage.LABEL_CUSTOM) == "1"
         docker_engine.remove_container(found)
         _line("delete", f"removed container {name}")
     else:
         _line("delete", f"no container {name}")
-    if with_images and image_tag:
-        users = [c for c in docker_engine.list_containers([container_stage.LABEL_LOCAL_ENDPOINT])
-                 if image_tag in (c.image.tags if c.image else [])]
-        if users:
-            _line("delete", f"kept image {image_tag}: still used by {', '.join(c.name for c in users)}")
-        elif docker_engine.remove_image(image_tag):
-            _line("delete", f"removed image {image_tag}")
+    if with_images and custom:
+        _line("delete", f"kept image {image_tag}: a custom container's image is yours, not localml's")
+    elif with_images and image_tag:
+        _remove_images(image_tag, target)
+    _update_routes_after_delete(target)
+
+
+def _remove_images(image_tag: str, target: Target) -> None:
+    """Our image, unless another container uses it; for environment.build also the user's built image."""
+    users = [c for c in docker_engine.list_containers([container_stage.LABEL_LOCAL_ENDPOINT])
+             if image_tag in (c.image.tags if c.image else [])]
+    if users:
+        _line("delete", f"kept image {image_tag}: still used by {', '.join(c.name for c in users)}")
+        return
+    plan = image.load_plan(target.build_dir)
+    if docker_engine.remove_image(image_tag):
+        _line("delete", f"removed image {image_tag}")
+    # the user's Dockerfile built as-is, below ours
+    if plan is not None and plan.tag == image_tag and plan.user_tag and docker_engine.remove_image(plan.user_tag):
+        _line("delete", f"removed image {plan.user_tag} (built from your Dockerfile)")
+
+
+def _update_routes_after_delete(target: Target) -> None:
+    """The other deployments keep serving; with none left, the endpoint's router stops."""
+    remaining = _deployment_routes(target.endpoint)
+    if remaining:
+        routes = endpoint_stage.read_routes(target.endpoint)
+        data = {"traffic": routes["traffic"], "mirror_traffic": routes["mirror_traffic"]} if routes else {}
+        endpoint_stage.write_routes(target.endpoint, endpoint_stage.render_routes(target.endpoint, data, remaining))
+        _line("delete", f"endpoint {target.endpoint} still routes to {', '.join(sorted(remaining))}")
+        return
+    pid = endpoint_stage.stop_router(target.endpoint)
+    if pid is not None:
+        _line("delete", f"stopped the router of endpoint {target.endpoint} (pid {pid}): it has no deployments left")
 
 
 def list_endpoints() -> None:

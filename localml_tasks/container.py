@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import shutil
 import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ LABEL_SPEC = "localml.spec"
 LABEL_WORKDIR = "localml.workdir"
 LABEL_CODE_DIR = "localml.code-dir"
 LABEL_CODE_TARGET = "localml.code-target"
+LABEL_HOST_PORTS = "localml.host-ports"  # JSON {role: host port}
+LABEL_ROUTES = "localml.routes"  # JSON {scoring|readiness|liveness: {path, port (on the host)}}
+LABEL_CUSTOM = "localml.custom-container"  # "1": the image serves itself (environment.inference_config)
 # the dev containers spec's labels: VS Code and @devcontainers/cli find (and reuse) a container by them
 LABEL_DEVCONTAINER_FOLDER = "devcontainer.local_folder"
 LABEL_DEVCONTAINER_CONFIG = "devcontainer.config_file"
@@ -60,7 +65,11 @@ class ContainerSpec:
     app_root: str
     code_target: str
     model_dir: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    # role -> container port to publish on 127.0.0.1 (scoring, debug; a custom container's own ports)
+    container_ports: dict[str, int] = field(default_factory=dict)
+    routes: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {path, port: container port}
+    gpu: bool = False
+    custom: bool = False
 
 
 def container_name(endpoint: str, deployment: str) -> str:
@@ -68,8 +77,42 @@ def container_name(endpoint: str, deployment: str) -> str:
 
 
 def model_dir_in_container(deployment: Deployment) -> str:
-    # Azure mounts the parent of model.path here, so $AZUREML_MODEL_DIR/<basename of model.path> works
-    return posixpath.join(APP_ROOT, "azureml-models", deployment.model_name, deployment.model_version)
+    # Azure mounts the parent of model.path here, so $AZUREML_MODEL_DIR/<basename of model.path> works;
+    # model_mount_path moves the root of that layout (<root>/<name>/<version>/<basename>)
+    root = deployment.model_mount_path or posixpath.join(APP_ROOT, "azureml-models")
+    return posixpath.join(root, deployment.model_name, deployment.model_version)
+
+
+def server_environment(deployment: Deployment) -> dict[str, str]:
+    """Azure's variables for the server, then the deployment's own (which win, as in Azure)."""
+    environment = {
+        "AZUREML_MODEL_DIR": model_dir_in_container(deployment),
+        # request_settings: the server's scoring timeout; gunicorn's worker count outside debugging
+        "SCORING_TIMEOUT_MS": str(deployment.request_timeout_ms),
+        "WORKER_COUNT": str(deployment.max_concurrent_requests),
+    }
+    if deployment.code_dir:
+        code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
+        script_dir, script_name = posixpath.split(deployment.scoring_script)
+        environment["AML_APP_ROOT"] = posixpath.join(code_target, script_dir) if script_dir else code_target
+        environment["AZUREML_ENTRY_SCRIPT"] = script_name
+    return {**environment, **deployment.environment_variables}
+
+
+def _code_and_model_mounts(deployment: Deployment) -> list[dict[str, Any]]:
+    mounts = []
+    if deployment.code_dir:
+        # read-write: VS Code in the dev container edits this folder. localml itself never writes there,
+        # and PYTHONDONTWRITEBYTECODE keeps the server from leaving root-owned __pycache__ folders in it.
+        code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
+        mounts.append({"source": deployment.code_dir, "target": code_target, "read_only": False})
+    if deployment.model_path:
+        mounts.append({
+            "source": deployment.model_path,
+            "target": posixpath.join(model_dir_in_container(deployment), Path(deployment.model_path).name),
+            "read_only": True,
+        })
+    return mounts
 
 
 def server_command(debugger: bool, wait: bool) -> dict[str, Any]:
@@ -82,36 +125,8 @@ def server_command(debugger: bool, wait: bool) -> dict[str, Any]:
     return {"argv": ["sh", "-c", script], "env": {}}
 
 
-def render_container(
-    deployment: Deployment, image_tag: str, image_id: str, runtime_dir: Path, devcontainer_folder: Path
-) -> ContainerSpec:
-    """runtime_dir: host folder shared with the supervisor. devcontainer_folder: the host folder holding
-    .devcontainer/devcontainer.json; the labels naming it make VS Code and `devcontainer up` reuse
-    this container instead of starting a second one."""
-    code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
-    script_dir, script_name = posixpath.split(deployment.scoring_script)
-    app_root = posixpath.join(code_target, script_dir) if script_dir else code_target
-    model_dir = model_dir_in_container(deployment)
-    environment = {
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "AZUREML_MODEL_DIR": model_dir,
-        "AML_APP_ROOT": app_root,
-        "AZUREML_ENTRY_SCRIPT": script_name,
-        **deployment.environment_variables,  # the deployment's own values win, as in Azure
-    }
-    # read-write: VS Code in the dev container edits this folder. localml itself never writes there,
-    # and PYTHONDONTWRITEBYTECODE keeps the server from leaving root-owned __pycache__ folders in it.
-    mounts = [{"source": deployment.code_dir, "target": code_target, "read_only": False}]
-    if deployment.model_path:
-        mounts.append({
-            "source": deployment.model_path,
-            "target": posixpath.join(model_dir, Path(deployment.model_path).name),
-            "read_only": True,
-        })
-    mounts.append({"source": str(IN_CONTAINER), "target": BIN_DIR, "read_only": True})
-    mounts.append({"source": str(runtime_dir), "target": RUNTIME_DIR, "read_only": False})
-    command = ["python", f"{BIN_DIR}/supervisor.py", RUNTIME_DIR]  # as the image's CMD
-    labels = {
+def _labels(deployment: Deployment, devcontainer_folder: Path) -> dict[str, str]:
+    return {
         LABEL_LOCAL_ENDPOINT: "",
         LABEL_ENDPOINT: deployment.endpoint_name,
         LABEL_DEPLOYMENT: deployment.deployment_name,
@@ -120,22 +135,67 @@ def render_container(
         LABEL_SPEC: deployment.spec_path,
         LABEL_WORKDIR: str(Path.cwd()),
         LABEL_CODE_DIR: deployment.code_dir,
-        LABEL_CODE_TARGET: code_target,
         LABEL_DEVCONTAINER_FOLDER: str(devcontainer_folder),
         LABEL_DEVCONTAINER_CONFIG: str(devcontainer_folder / ".devcontainer" / "devcontainer.json"),
     }
-    identity = json.dumps(
-        {"image": image_tag, "image_id": image_id, "command": command, "env": environment,
-         "mounts": mounts, "labels": labels,
-         # a new supervisor (a localml upgrade) needs a new container
-         "supervisor": hashlib.sha256(SUPERVISOR.read_bytes()).hexdigest()},
-        sort_keys=True,
-    )
+
+
+def _config_hash(**identity: Any) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def render_container(
+    deployment: Deployment, image_tag: str, image_id: str, runtime_dir: Path, devcontainer_folder: Path,
+    *, gpu: bool = False,
+) -> ContainerSpec:
+    """runtime_dir: host folder shared with the supervisor. devcontainer_folder: the host folder holding
+    .devcontainer/devcontainer.json; the labels naming it make VS Code and `devcontainer up` reuse
+    this container instead of starting a second one. gpu: request every GPU (Docker device request)."""
+    if deployment.inference_config:
+        return render_custom_container(deployment, image_tag, image_id, devcontainer_folder, gpu=gpu)
+    code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
+    environment = {"PYTHONDONTWRITEBYTECODE": "1", **server_environment(deployment)}
+    mounts = _code_and_model_mounts(deployment)
+    mounts.append({"source": str(IN_CONTAINER), "target": BIN_DIR, "read_only": True})
+    mounts.append({"source": str(runtime_dir), "target": RUNTIME_DIR, "read_only": False})
+    command = ["python", f"{BIN_DIR}/supervisor.py", RUNTIME_DIR]  # as the image's CMD
+    labels = {**_labels(deployment, devcontainer_folder), LABEL_CODE_TARGET: code_target}
+    routes = {"scoring": {"path": "/score", "port": CONTAINER_PORT},
+              "readiness": {"path": "/", "port": CONTAINER_PORT}, "liveness": {"path": "/", "port": CONTAINER_PORT}}
+    # a new supervisor (a localml upgrade) needs a new container
+    config_hash = _config_hash(image=image_tag, image_id=image_id, command=command, env=environment, mounts=mounts,
+                               labels=labels, gpu=gpu, supervisor=hashlib.sha256(SUPERVISOR.read_bytes()).hexdigest())
     return ContainerSpec(
         name=container_name(deployment.endpoint_name, deployment.deployment_name),
         image=image_tag, command=command, environment=environment, mounts=mounts,
-        labels=labels, config_hash=hashlib.sha256(identity.encode()).hexdigest()[:16],
-        app_root=app_root, code_target=code_target, model_dir=model_dir,
+        labels=labels, config_hash=config_hash,
+        app_root=environment.get("AML_APP_ROOT", code_target), code_target=code_target,
+        model_dir=model_dir_in_container(deployment),
+        container_ports={"scoring": CONTAINER_PORT, "debug": DEBUG_CONTAINER_PORT}, routes=routes, gpu=gpu,
+    )
+
+
+def render_custom_container(deployment: Deployment, image_tag: str, image_id: str, devcontainer_folder: Path,
+                            *, gpu: bool = False) -> ContainerSpec:
+    """environment.inference_config: the image runs as-is (its own command), serving its own routes and
+    ports; the model is mounted as Azure mounts it (model_mount_path honoured), Azure's variables set."""
+    assert deployment.inference_config
+    routes = {role.removesuffix("_route"): dict(route) for role, route in deployment.inference_config.items()}
+    ports = sorted({route["port"] for route in routes.values()})
+    container_ports = {"scoring": routes["scoring"]["port"]}
+    container_ports.update({f"port-{port}": port for port in ports if port != routes["scoring"]["port"]})
+    environment = server_environment(deployment)
+    mounts = _code_and_model_mounts(deployment)
+    code_target = mounts[0]["target"] if deployment.code_dir else ""
+    labels = {**_labels(deployment, devcontainer_folder), LABEL_CODE_TARGET: code_target, LABEL_CUSTOM: "1"}
+    config_hash = _config_hash(image=image_tag, image_id=image_id, env=environment, mounts=mounts, labels=labels,
+                               routes=routes, gpu=gpu)
+    return ContainerSpec(
+        name=container_name(deployment.endpoint_name, deployment.deployment_name),
+        image=image_tag, command=[], environment=environment, mounts=mounts, labels=labels,
+        config_hash=config_hash, app_root=environment.get("AML_APP_ROOT", ""), code_target=code_target,
+        model_dir=model_dir_in_container(deployment), container_ports=container_ports, routes=routes, gpu=gpu,
+        custom=True,
     )
 
 
@@ -147,6 +207,25 @@ def is_current(spec: ContainerSpec) -> bool:
         and container.status == "running"
         and container.labels.get(LABEL_CONFIG_HASH) == spec.config_hash
     )
+
+
+def check_gpu() -> list[str]:
+    """The GPUs nvidia-smi lists; a clear error when there is no driver or no GPU (gpu=1)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        raise LocalmlError.one("gpu=1 asks for GPUs, but this machine has no NVIDIA driver (nvidia-smi is not on PATH)",
+                               fix="install the NVIDIA driver and the NVIDIA Container Toolkit, or leave out gpu=1")
+    try:
+        result = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LocalmlError.one(f"gpu=1: {smi} -L failed: {exc}", fix="check the NVIDIA driver, or leave out gpu=1") \
+            from None
+    gpus = [line for line in result.stdout.splitlines() if line.startswith("GPU ")]
+    if result.returncode != 0 or not gpus:
+        said = (result.stdout + result.stderr).strip().splitlines()
+        raise LocalmlError.one(f"gpu=1: nvidia-smi finds no GPU ({said[0] if said else f'exit {result.returncode}'})",
+                               fix="check the NVIDIA driver (nvidia-smi must list a GPU), or leave out gpu=1")
+    return gpus
 
 
 def _port_is_free(port: int, taken: set[int]) -> bool:
@@ -170,14 +249,22 @@ def pick_port(first: int, taken: set[int]) -> int:
                            fix="stop what is listening there, or delete old local endpoints (doit delete)")
 
 
-def start(spec: ContainerSpec) -> tuple[Any, int, int, str]:
-    """(Re)create the container. Returns (container, scoring port, debug port, reason)."""
+def host_routes(spec: ContainerSpec, host_ports: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The routes as reached from this machine: {role: {path, port on 127.0.0.1}}."""
+    by_container_port = {spec.container_ports[role]: port for role, port in host_ports.items()}
+    return {role: {"path": route["path"], "port": by_container_port[route["port"]]}
+            for role, route in spec.routes.items()}
+
+
+def start(spec: ContainerSpec) -> tuple[Any, dict[str, int], str]:
+    """(Re)create the container. Returns (container, {role: host port}, reason)."""
     old = docker_engine.get_container(spec.name)
-    preferred_scoring, preferred_debug = FIRST_SCORING_PORT, FIRST_DEBUG_PORT
+    first = {"scoring": FIRST_SCORING_PORT, "debug": FIRST_DEBUG_PORT}
+    preferred = {role: first.get(role, FIRST_SCORING_PORT) for role in spec.container_ports}
     reason = "created"
     if old is not None:
-        preferred_scoring = int(old.labels.get(LABEL_SCORING_PORT, FIRST_SCORING_PORT))
-        preferred_debug = int(old.labels.get(LABEL_DEBUG_PORT, FIRST_DEBUG_PORT))
+        previous = json.loads(old.labels.get(LABEL_HOST_PORTS, "{}") or "{}")
+        preferred.update({role: port for role, port in previous.items() if role in preferred})
         if old.labels.get(LABEL_CONFIG_HASH) != spec.config_hash:
             reason = "recreated: configuration or image changed"
         else:
@@ -186,15 +273,18 @@ def start(spec: ContainerSpec) -> tuple[Any, int, int, str]:
     taken = docker_engine.ports_in_use_by_containers()
     last_error: LocalmlError | None = None
     for _ in range(5):  # another process may grab a port between our probe and Docker's bind
-        scoring = pick_port(preferred_scoring, taken)
-        debug = pick_port(preferred_debug, taken | {scoring})
-        labels = {**spec.labels, LABEL_CONFIG_HASH: spec.config_hash, LABEL_AZUREML_PORT: str(scoring),
-                  LABEL_SCORING_PORT: str(scoring), LABEL_DEBUG_PORT: str(debug)}
+        host_ports: dict[str, int] = {}
+        for role, port in preferred.items():
+            host_ports[role] = pick_port(port, taken | set(host_ports.values()))
+        routes = host_routes(spec, host_ports)
+        labels = {**spec.labels, LABEL_CONFIG_HASH: spec.config_hash, LABEL_AZUREML_PORT: str(host_ports["scoring"]),
+                  LABEL_SCORING_PORT: str(host_ports["scoring"]), LABEL_DEBUG_PORT: str(host_ports.get("debug", 0)),
+                  LABEL_HOST_PORTS: json.dumps(host_ports, sort_keys=True), LABEL_ROUTES: json.dumps(routes)}
         try:
             container = docker_engine.create_container(
-                image=spec.image, name=spec.name, command=spec.command, environment=spec.environment,
-                labels=labels, detach=True,
-                ports={f"{CONTAINER_PORT}/tcp": (LOOPBACK, scoring), f"{DEBUG_CONTAINER_PORT}/tcp": (LOOPBACK, debug)},
+                image=spec.image, name=spec.name, command=spec.command or None, environment=spec.environment,
+                labels=labels, detach=True, gpu=spec.gpu,
+                ports={f"{spec.container_ports[role]}/tcp": (LOOPBACK, port) for role, port in host_ports.items()},
                 binds=spec.mounts,
             )
         except LocalmlError as exc:
@@ -203,9 +293,9 @@ def start(spec: ContainerSpec) -> tuple[Any, int, int, str]:
             if leftover is not None:
                 docker_engine.remove_container(leftover)
             if "port is already allocated" in exc.render() or "address already in use" in exc.render():
-                taken |= {scoring, debug}
+                taken |= set(host_ports.values())
                 continue
             raise
-        return container, scoring, debug, reason
+        return container, host_ports, reason
     assert last_error is not None
     raise last_error

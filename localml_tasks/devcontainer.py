@@ -69,8 +69,10 @@ def render_launch(debug_host: str, debug_port: int, local_root: str, remote_root
                                                "local_root": local_root, "remote_root": remote_root})
 
 
-def render_devcontainer(spec: ContainerSpec, scoring_port: int, debug_port: int, folder: Path) -> dict[str, Any]:
-    """devcontainer.json for the container localml runs (spec), whose host ports are already chosen."""
+def render_devcontainer(spec: ContainerSpec, scoring_port: int, debug_port: int, folder: Path,
+                        python: str | None = None) -> dict[str, Any]:
+    """devcontainer.json for the container localml runs (spec), whose host ports are already chosen.
+    python: the interpreter VS Code should use (default: the environment's venv)."""
     workspace = next(m for m in spec.mounts if m["target"] == spec.code_target)
     other_mounts = [_mount(m["source"], m["target"], m["read_only"]) for m in spec.mounts if m is not workspace]
     labels = {**spec.labels, LABEL_DEVCONTAINER_FOLDER: str(folder),
@@ -80,6 +82,8 @@ def render_devcontainer(spec: ContainerSpec, scoring_port: int, debug_port: int,
         run_args.append(f"--label={key}={value}")
     run_args += [f"--publish={LOOPBACK}:{scoring_port}:{CONTAINER_PORT}",
                  f"--publish={LOOPBACK}:{debug_port}:{DEBUG_CONTAINER_PORT}"]
+    if spec.gpu:
+        run_args.append("--gpus=all")  # as the container localml runs (gpu=1)
     in_container = render_launch("localhost", DEBUG_CONTAINER_PORT, "${workspaceFolder}", spec.code_target)
     return fill(load_template("devcontainer.json"), {
         "name": f"Azure ML local endpoint {spec.labels.get('endpoint')}/{spec.labels.get('deployment')}",
@@ -90,7 +94,7 @@ def render_devcontainer(spec: ContainerSpec, scoring_port: int, debug_port: int,
         "container_env": spec.environment,
         "run_args": run_args,
         "forward_ports": [CONTAINER_PORT, DEBUG_CONTAINER_PORT],
-        "python": f"{ENV_PREFIX}/bin/python",
+        "python": python or f"{ENV_PREFIX}/bin/python",
         "launch_in_container": in_container,
     })
 

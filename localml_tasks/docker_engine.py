@@ -55,8 +55,11 @@ def engine_available() -> bool:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:160]
+    # the engine's own explanation, without the request URL the SDK puts before it
+    explanation = getattr(exc, "explanation", None)
+    text = explanation if isinstance(explanation, str) and explanation else str(exc)
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return text[:300]
 
 
 # --- images -----------------------------------------------------------------
@@ -96,20 +99,57 @@ class BuildEvent:
     error: str | None = None
 
 
-def build(context_dir: str, tag: str, buildargs: dict[str, str], *, nocache: bool = False) -> Iterator[BuildEvent]:
-    """Stream the classic builder's output; a final event carries the error, if any."""
-    stream = client().api.build(
-        path=context_dir, tag=tag, buildargs=buildargs, rm=True, forcerm=True, decode=True, pull=False,
-        nocache=nocache,
-    )
-    for chunk in stream:
-        if "error" in chunk:
-            yield BuildEvent(error=str(chunk.get("error", "")).strip())
-            return
-        text = chunk.get("stream")
-        if text:
-            for line in _ANSI.sub("", text).splitlines():
-                yield BuildEvent(line=line)
+def build(context_dir: str, tag: str, buildargs: dict[str, str], *, nocache: bool = False,
+          dockerfile: str | None = None) -> Iterator[BuildEvent]:
+    """Stream the classic builder's output; a final event carries the error, if any.
+
+    dockerfile: relative to context_dir (default: its Dockerfile). The SDK reads the folder (and
+    its .dockerignore) into an archive in memory; nothing is written into it."""
+    try:
+        stream = client().api.build(
+            path=context_dir, dockerfile=dockerfile, tag=tag, buildargs=buildargs, rm=True, forcerm=True,
+            decode=True, pull=False, nocache=nocache,
+        )
+        pending = ""  # chunks are not whole lines: a RUN step's output can break mid-line
+        for chunk in stream:
+            if "error" in chunk:
+                if pending:
+                    yield BuildEvent(line=pending)
+                yield BuildEvent(error=str(chunk.get("error", "")).strip())
+                return
+            text = chunk.get("stream")
+            if text:
+                *lines, pending = (pending + _ANSI.sub("", text)).split("\n")
+                for line in lines:
+                    yield BuildEvent(line=line.rstrip("\r"))
+        if pending:
+            yield BuildEvent(line=pending)
+    except _docker().errors.APIError as exc:
+        # the daemon refuses some builds outright (a Dockerfile parse error is a 400)
+        yield BuildEvent(error=str(exc.explanation or _short(exc)).strip())
+
+
+def tag_image(source: str, name: str) -> None:
+    """Give the local image `source` (name or id) the extra name `name` (repository[:tag])."""
+    repository, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "latest")
+    try:
+        client().images.get(source).tag(repository, tag or "latest")
+    except _docker().errors.APIError as exc:
+        raise LocalmlError.one(f"could not tag {source} as {name}: {_short(exc)}") from None
+
+
+def context_files(context_dir: str, dockerfile: str) -> list[str]:
+    """The paths (files and folders, relative) the SDK sends as the build context, .dockerignore applied."""
+    from docker.utils.build import exclude_paths
+
+    patterns: list[str] = []
+    ignore = os.path.join(context_dir, ".dockerignore")
+    if os.path.exists(ignore):
+        with open(ignore, encoding="utf-8") as handle:
+            # read as the SDK's build() reads it, so the set is exactly what goes to the daemon
+            patterns = [line.strip() for line in handle.read().splitlines()]
+            patterns = [line for line in patterns if line and not line.startswith("#")]
+    return sorted(exclude_paths(os.path.abspath(context_dir), patterns, dockerfile=dockerfile))
 
 
 def run_once(image: str, command: list[str]) -> tuple[int, str]:
@@ -138,17 +178,36 @@ def list_containers(label_filters: list[str]) -> list[Container]:
     return client().containers.list(all=True, filters={"label": label_filters})
 
 
-def create_container(binds: list[dict[str, Any]], **kwargs: Any) -> Container:
-    """binds: [{source, target, read_only}] host folders/files mounted as they are."""
+def gpu_device_requests() -> list[Any]:
+    """Every GPU, as `docker run --gpus all` asks for them."""
+    return [_docker().types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+
+
+def create_container(binds: list[dict[str, Any]], gpu: bool = False, **kwargs: Any) -> Container:
+    """binds: [{source, target, read_only}] host folders/files mounted as they are. gpu: request every GPU."""
     mounts = [_docker().types.Mount(target=b["target"], source=b["source"], type="bind", read_only=b["read_only"])
               for b in binds]
+    if gpu:
+        kwargs["device_requests"] = gpu_device_requests()
     try:
         container = client().containers.create(mounts=mounts, **kwargs)
         container.start()
     except _docker().errors.APIError as exc:
+        if gpu and "device driver" in str(exc):
+            raise LocalmlError.one(
+                f"the Docker engine cannot give the container a GPU: {_short(exc)}",
+                fix="install the NVIDIA Container Toolkit and restart the engine "
+                    "(`docker run --rm --gpus all <image> nvidia-smi` must work), or run without gpu=1") from None
         raise LocalmlError.one(f"Docker could not start the container: {_short(exc)}") from None
     container.reload()
     return container
+
+
+def restart_container(container: Container) -> None:
+    try:
+        container.restart(timeout=10)
+    except _docker().errors.APIError as exc:
+        raise LocalmlError.one(f"could not restart {container.name}: {_short(exc)}") from None
 
 
 def remove_container(container: Container) -> None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 from rich.console import Console
@@ -128,27 +129,48 @@ def failure_error(what: str, log: str, path_map: dict[str, str], fix: str) -> Lo
     )])
 
 
+INIT_STARTED = "Invoking user's init function"  # azmlinfsrv logs these around init()
+INIT_DONE = "Users's init has completed successfully"
+
+
+def describe_probe(name: str, probe: Any) -> str:
+    return (f"{name}: initial_delay {probe.initial_delay} s + failure_threshold {probe.failure_threshold} "
+            f"x period {probe.period} s, each probe timing out after {probe.timeout} s")
+
+
+def probe_deadline(probe: Any) -> float:
+    """How long Azure keeps probing before it gives up on the container."""
+    return probe.initial_delay + probe.period * probe.failure_threshold
+
+
 def wait_until_healthy(
     url: str,
     *,
-    deadline_s: float,
-    request_timeout_s: float,
+    probe: Any,
     is_alive: Callable[[], bool],
     read_log: Callable[[], str],
     path_map: dict[str, str],
     label: str,
 ) -> float:
-    """Poll url until 200; returns seconds taken. Raises LocalmlError with the cause otherwise."""
+    """Poll url until 200 within the readiness probe's limits; returns seconds taken.
+
+    Polls from the start, not only after initial_delay: a server that is ready sooner is reported
+    sooner. Raises LocalmlError with the cause otherwise."""
     started = time.monotonic()
+    deadline_s = probe_deadline(probe)
+    last_problem = "no answer yet"
     with console.status(f"[bold]{label}[/]: waiting for {url}", spinner="dots") as status:
         while True:
             elapsed = time.monotonic() - started
             try:
-                answer = requests.get(url, timeout=request_timeout_s)
+                answer = requests.get(url, timeout=max(probe.timeout, 1))
                 if answer.status_code == 200:
                     return time.monotonic() - started
+                last_problem = f"it answered {answer.status_code}"
+            except requests.Timeout:
+                last_problem = f"a probe got no answer within {probe.timeout} s"
             except requests.RequestException:
-                pass
+                last_problem = "nothing listened on the port yet"
             if not is_alive():
                 raise failure_error(
                     "the server stopped during start-up", read_log(), path_map,
@@ -156,9 +178,29 @@ def wait_until_healthy(
                         "the whole log: doit logs",
                 )
             if elapsed > deadline_s:
+                log = read_log()
+                still_in_init = INIT_STARTED in log and INIT_DONE not in log
+                why = "init() was still running" if still_in_init else last_problem
                 raise failure_error(
-                    f"no answer from {url} within {deadline_s:.0f} s (readiness_probe)", read_log(), path_map,
-                    fix="make init() faster, or raise readiness_probe.initial_delay/period/failure_threshold",
+                    f"not ready within {deadline_s:.0f} s at {url} ({describe_probe('readiness_probe', probe)}): "
+                    f"{why}", log, path_map,
+                    fix="make init() faster, or raise readiness_probe.initial_delay/period/failure_threshold "
+                        "in the deployment YAML; the container is left running (doit logs shows its output)",
                 )
             status.update(f"[bold]{label}[/]: waiting for {url} ({elapsed:.1f} s)")
             time.sleep(POLL_INTERVAL_S)
+
+
+def check_liveness(url: str, probe: Any) -> None:
+    """One liveness probe, as Azure sends them once the container is ready."""
+    try:
+        answer = requests.get(url, timeout=max(probe.timeout, 1))
+    except requests.RequestException as exc:
+        problem = f"no answer within {probe.timeout} s" if isinstance(exc, requests.Timeout) else "no answer"
+    else:
+        if answer.status_code == 200:
+            return
+        problem = f"it answered {answer.status_code}"
+    raise LocalmlError.one(f"the liveness probe failed at {url}: {problem} ({describe_probe('liveness_probe', probe)})",
+                           fix="the liveness route must answer 200 within liveness_probe.timeout; "
+                               "Azure restarts containers that fail it")

@@ -12,6 +12,7 @@ import requests
 
 from .errors import LocalmlError, Problem
 from .health import Cause
+from .router_server import DEPLOYMENT_HEADER
 
 
 @dataclass
@@ -19,6 +20,7 @@ class InvokeResult:
     status: int
     latency_ms: float
     body: Any  # parsed JSON when the answer is JSON, else text
+    deployment: str | None = None  # who answered (the endpoint's azureml-model-deployment header)
 
 
 def read_request(path: Path) -> Any:
@@ -49,12 +51,14 @@ def post(url: str, payload: Any, *, timeout_s: float, headers: dict[str, str] | 
         body: Any = answer.json()
     except ValueError:
         body = answer.text
-    return InvokeResult(status=answer.status_code, latency_ms=latency_ms, body=body)
+    return InvokeResult(status=answer.status_code, latency_ms=latency_ms, body=body,
+                        deployment=answer.headers.get(DEPLOYMENT_HEADER))
 
 
-def error_for(result: InvokeResult, url: str, cause: Cause | None) -> LocalmlError:
+def error_for(result: InvokeResult, url: str, cause: Cause | None, deployment: str | None = None) -> LocalmlError:
     message = result.body if isinstance(result.body, str) else json.dumps(result.body)
-    text = f"the endpoint answered {result.status} at {url}: {message.strip()[:2000]}"
+    who = f" (deployment {deployment})" if deployment else ""
+    text = f"the endpoint answered {result.status} at {url}{who}: {message.strip()[:2000]}"
     if cause is None:
         return LocalmlError.one(text, fix="the server's log may say more: doit logs")
     return LocalmlError([Problem(

@@ -9,15 +9,18 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import requests
+
 from . import docker_engine
 from .container import (
     LABEL_CONFIG_HASH,
+    LABEL_CUSTOM,
     LABEL_DEBUG_PORT,
     LABEL_DEPLOYMENT,
     LABEL_DEPLOYMENT_DATA,
     LABEL_ENDPOINT,
-    LABEL_ENDPOINT_DATA,
     LABEL_LOCAL_ENDPOINT,
+    LABEL_ROUTES,
     LABEL_SCORING_PORT,
     LABEL_SPEC,
     LOOPBACK,
@@ -33,20 +36,32 @@ def provisioning_state(container: Container) -> str:
 
 
 
+def _uri(route: dict[str, Any]) -> str:
+    return f"http://{LOOPBACK}:{route['port']}{route['path']}"
+
+
 def describe_deployment(container: Container) -> dict[str, Any]:
     labels = container.labels
     port = int(labels.get(LABEL_SCORING_PORT, "0"))
     data = _json_label(labels.get(LABEL_DEPLOYMENT_DATA))
+    routes = _json_label(labels.get(LABEL_ROUTES)) or {
+        role: {"path": "/score" if role == "scoring" else "/", "port": port}
+        for role in ("scoring", "readiness", "liveness")}
+    custom = labels.get(LABEL_CUSTOM) == "1"
     return {
         "name": labels.get(LABEL_DEPLOYMENT),
         "endpoint_name": labels.get(LABEL_ENDPOINT),
         "type": "local",
         "location": "local",
+        "runtime": "custom container" if custom else "container",
         "provisioning_state": provisioning_state(container),
-        "scoring_uri": f"http://{LOOPBACK}:{port}/score",
-        "swagger_uri": f"http://{LOOPBACK}:{port}/swagger.json",
-        "liveness_uri": f"http://{LOOPBACK}:{port}/",
-        "ports": {"scoring": port, "debug": int(labels.get(LABEL_DEBUG_PORT, "0"))},
+        "scoring_uri": _uri(routes["scoring"]),
+        # a custom container's own server may offer none; show() asks the server
+        "swagger_uri": None if custom else f"http://{LOOPBACK}:{port}/swagger.json",
+        "readiness_uri": _uri(routes["readiness"]),
+        "liveness_uri": _uri(routes["liveness"]),
+        "routes": routes,
+        "ports": {"scoring": port, "debug": int(labels.get(LABEL_DEBUG_PORT) or 0)},
         "container": {"name": container.name, "id": container.short_id, "status": container.status,
                       "image": (container.image.tags or [container.image.short_id])[0] if container.image else None,
                       "config_hash": labels.get(LABEL_CONFIG_HASH)},
@@ -57,14 +72,22 @@ def describe_deployment(container: Container) -> dict[str, Any]:
     }
 
 
-def describe_endpoint(endpoint: str) -> dict[str, Any] | None:
+def deployments_of(endpoint: str) -> list[dict[str, Any]]:
+    """The endpoint's deployments that run in containers, described from their labels."""
     containers = docker_engine.list_containers([LABEL_LOCAL_ENDPOINT, f"{LABEL_ENDPOINT}={endpoint}"])
-    if not containers:
-        return None
-    deployments = sorted((describe_deployment(c) for c in containers), key=lambda d: d["name"] or "")
-    endpoint_data = _json_label(containers[0].labels.get(LABEL_ENDPOINT_DATA))
+    return sorted((describe_deployment(c) for c in containers), key=lambda d: d["name"] or "")
+
+
+def render_endpoint(endpoint: str, endpoint_data: dict[str, Any], deployments: list[dict[str, Any]],
+                    base_uri: str | None) -> dict[str, Any]:
+    """Azure-style JSON for the endpoint (pure). base_uri: the endpoint's router, if it runs."""
     states = {d["provisioning_state"] for d in deployments}
-    first = deployments[0]
+    traffic = endpoint_data.get("traffic") or (
+        {deployments[0]["name"]: 100} if len(deployments) == 1 else {d["name"]: 0 for d in deployments})
+    mirror = endpoint_data.get("mirror_traffic") or {}
+    for described in deployments:
+        described["traffic"] = traffic.get(described["name"], 0)
+        described["mirror_traffic"] = mirror.get(described["name"], 0)
     return {
         "name": endpoint,
         "location": "local",
@@ -72,12 +95,27 @@ def describe_endpoint(endpoint: str) -> dict[str, Any] | None:
         "auth_mode": endpoint_data.get("auth_mode", "key"),
         "description": endpoint_data.get("description"),
         "tags": endpoint_data.get("tags", {}),
-        "traffic": endpoint_data.get("traffic") or {d["name"]: 100 if i == 0 else 0 for i, d in enumerate(deployments)},
-        "provisioning_state": _endpoint_state(states),
-        "scoring_uri": first["scoring_uri"],
-        "swagger_uri": first["swagger_uri"],
+        "traffic": traffic,
+        "mirror_traffic": mirror,
+        "provisioning_state": _endpoint_state(states) if deployments else "Failed",
+        "scoring_uri": f"{base_uri}/score" if base_uri else None,
+        # routed like /score (by traffic, or by the azureml-model-deployment header)
+        "swagger_uri": f"{base_uri}/swagger.json" if base_uri else None,
+        "openapi_uri": f"{base_uri}/swagger.json?version=3" if base_uri else None,
         "deployments": deployments,
     }
+
+
+def offered_swagger(described: dict[str, Any]) -> dict[str, Any]:
+    """swagger_uri / openapi_uri as the deployment's server offers them (None where it answers no)."""
+    base = f"http://{LOOPBACK}:{described['routes']['scoring']['port']}/swagger.json"
+    offered: dict[str, Any] = {}
+    for key, uri in (("swagger_uri", base), ("openapi_uri", base + "?version=3")):
+        try:
+            offered[key] = uri if requests.get(uri, timeout=2).status_code == 200 else None
+        except requests.RequestException:
+            offered[key] = None
+    return offered
 
 
 def _endpoint_state(deployment_states: set[str]) -> str:

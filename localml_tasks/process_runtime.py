@@ -142,12 +142,16 @@ def environment_for(deployment: Deployment, state_dir: Path) -> dict[str, str]:
         "AZUREML_MODEL_DIR": str(model_dir(deployment, state_dir).resolve()),
         "AML_APP_ROOT": str(Path(deployment.code_dir, script_dir)),
         "AZUREML_ENTRY_SCRIPT": script_name,
+        # request_settings, as in the container
+        "SCORING_TIMEOUT_MS": str(deployment.request_timeout_ms),
+        "WORKER_COUNT": str(deployment.max_concurrent_requests),
         **deployment.environment_variables,
     }
 
 
 def config_hash(deployment: Deployment, venv: Path) -> str:
     identity = {"env": deployment.environment_variables, "code": deployment.code_dir,
+                "request_settings": [deployment.request_timeout_ms, deployment.max_concurrent_requests],
                 "script": deployment.scoring_script, "model": deployment.model_path, "venv": str(venv),
                 "supervisor": hashlib.sha256((IN_CONTAINER / "supervisor.py").read_bytes()).hexdigest()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -8,15 +8,18 @@ the file, line and key that caused it.
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import overrides as overrides_stage
 from . import schema
 from .environment import resolve_environment
 from .errors import LocalmlError, Problem
+from .overrides import Override
 from .yamlsource import YamlDocument, load_yaml
 
 ENDPOINT_FILE_NAMES = ("endpoint.yml", "endpoint.yaml")
@@ -50,7 +53,12 @@ class Deployment:
     build_context: str | None = None  # environment.build.path, resolved
     dockerfile_path: str | None = None  # relative to build_context
     readiness_probe: Probe = field(default_factory=Probe)
+    liveness_probe: Probe = field(default_factory=Probe)
     request_timeout_ms: int = 5000
+    max_concurrent_requests: int = 1  # request_settings.max_concurrent_requests_per_instance
+    # custom container (environment.inference_config): the image serves its own routes, as-is
+    inference_config: dict[str, Any] | None = None  # {liveness_route|readiness_route|scoring_route: {path, port}}
+    model_mount_path: str | None = None
     endpoint_data: dict[str, Any] = field(default_factory=dict)
     deployment_data: dict[str, Any] = field(default_factory=dict)
 
@@ -61,11 +69,22 @@ class Deployment:
     def from_json(cls, data: dict[str, Any]) -> Deployment:
         data = dict(data)
         data["readiness_probe"] = Probe(**data.get("readiness_probe", {}))
+        data["liveness_probe"] = Probe(**data.get("liveness_probe", {}))
         return cls(**data)
 
 
-def peek_names(spec_path: Path) -> tuple[str, str]:
-    """Best-effort (endpoint, deployment) names at task-load time; never raises."""
+def peek_names(spec_path: Path, overrides: Sequence[Override] = ()) -> tuple[str, str]:
+    """Best-effort (endpoint, deployment) names at task-load time, overrides included; never raises."""
+    endpoint, name = _peek_file_names(spec_path)
+    for override in overrides:  # in order: the last one wins, as when they are applied
+        if override.path == ("name",) and isinstance(override.value, str):
+            name = override.value
+        elif override.path == ("endpoint_name",) and isinstance(override.value, str):
+            endpoint = override.value
+    return endpoint, name
+
+
+def _peek_file_names(spec_path: Path) -> tuple[str, str]:
     fallback = spec_path.stem.removesuffix("-deployment") or "deployment"
     try:
         data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
@@ -93,8 +112,9 @@ def _endpoint_name_beside(spec_path: Path) -> str | None:
     return None
 
 
-def load_deployment(spec_path: Path, endpoint_path: Path | None = None) -> Deployment:
-    """Read, check and resolve. Raises LocalmlError listing every problem found."""
+def load_deployment(spec_path: Path, endpoint_path: Path | None = None,
+                    overrides: Sequence[Override] = ()) -> Deployment:
+    """Read, apply the command-line overrides, check and resolve. Raises LocalmlError listing every problem found."""
     spec_path = spec_path.resolve()
     doc = load_yaml(spec_path)
     checker = _Checker(doc)
@@ -107,11 +127,19 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None) -> Deplo
             f"expected a mapping of keys (name:, model:, ...), found a {_kind(data)}",
             **doc.where(()), fix="a deployment YAML is a mapping at the top level",
         )
+    # the overridden YAML is checked exactly like the file (the checker reads this same dict)
+    overrides_stage.apply(doc, list(overrides))
 
     endpoint_doc = _load_endpoint(spec_path, endpoint_path)
+    renamed = [o for o in overrides if o.path == ("endpoint_name",) and isinstance(o.value, str)]
+    if endpoint_doc and renamed:
+        # a command-line endpoint name names the endpoint too, as `az ml online-endpoint create --name` would
+        overrides_stage.apply(endpoint_doc, [Override(renamed[-1].label, ("name",), renamed[-1].value)])
     endpoint_data = endpoint_doc.data if endpoint_doc else {}
     schema_problems = schema.check(doc, "deployment")
     endpoint_problems = schema.check(endpoint_doc, "endpoint") if endpoint_doc else []
+    # one endpoint_name= override, one message: the deployment's endpoint_name already tells what is wrong
+    endpoint_problems = [p for p in endpoint_problems if not (p.override and p.key == "name")]
 
     name = checker.required_str(("name",))
     endpoint_name = data.get("endpoint_name") or (endpoint_data or {}).get("name")
@@ -129,8 +157,11 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None) -> Deplo
     model_path, model_name, model_version = checker.model(name or "model")
     conda_file, image = checker.environment()
     env_vars = checker.environment_variables()
-    probe = checker.probe()
+    probe = checker.probe(("readiness_probe",))
+    liveness = checker.probe(("liveness_probe",))
     timeout_ms = checker.request_timeout_ms()
+    concurrency = checker.max_concurrent_requests()
+    checker.traffic(endpoint_doc)
 
     # the schema's word on a key wins; the semantic checks add what it cannot know (files, code)
     reported = _keys_named(schema_problems)
@@ -143,7 +174,7 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None) -> Deplo
         endpoint_name=str(endpoint_name),
         deployment_name=str(name),
         endpoint_path=str(endpoint_doc.path) if endpoint_doc else None,
-        code_dir=str(code_dir),
+        code_dir=str(code_dir) if code_dir else "",
         scoring_script=str(scoring_script),
         model_path=str(model_path) if model_path else None,
         model_name=model_name,
@@ -154,7 +185,11 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None) -> Deplo
         build_context=checker.build_context,
         dockerfile_path=checker.dockerfile_path,
         readiness_probe=probe,
+        liveness_probe=liveness,
         request_timeout_ms=timeout_ms,
+        max_concurrent_requests=concurrency,
+        inference_config=checker.inference_config,
+        model_mount_path=checker.model_mount_path,
         endpoint_data=endpoint_data or {},
         deployment_data=data,
     )
@@ -216,6 +251,8 @@ class _Checker:
         self.problems: list[Problem] = []
         self.build_context: str | None = None
         self.dockerfile_path: str | None = None
+        self.inference_config: dict[str, Any] | None = None
+        self.model_mount_path: str | None = None
 
     def problem(self, key: tuple, message: str, fix: str | None = None) -> None:
         if message == "missing":
@@ -263,7 +300,8 @@ class _Checker:
         path = (self.base / value).resolve()
         if not path.exists():
             self.problem(key, f"{what} not found: {value} (looked for {path})",
-                         "paths are relative to the folder of this YAML file")
+                         f"paths in overrides are relative to the folder of {self.doc.path.name}, as in the file"
+                         if self.doc.override_for(key) else "paths are relative to the folder of this YAML file")
             return None
         if directory is True and not path.is_dir():
             self.problem(key, f"{what} must be a folder: {value}")
@@ -276,6 +314,8 @@ class _Checker:
     def code_configuration(self) -> tuple[Path | None, str]:
         key = ("code_configuration",)
         if self.get(key) is None:
+            if isinstance(self.get(("environment", "inference_config")), dict):
+                return None, ""  # a custom container serves itself: no scoring script needed
             self.problem(key, "missing", "add code_configuration: {code: <folder>, scoring_script: score.py}")
             return None, ""
         if self.mapping(key) is None:
@@ -355,6 +395,14 @@ class _Checker:
             self._build_context(value["build"])
             return None, value.get("image") if isinstance(value.get("image"), str) else None
         image = value.get("image")
+        if isinstance(value.get("inference_config"), dict):
+            # a custom container runs as-is: its image brings the server, a conda file is optional
+            self._inference_config(value["inference_config"])
+            if value.get("conda_file") is not None:
+                self.problem((*key, "conda_file"), "a custom container (inference_config) runs its image as-is; "
+                             "localml does not build a conda file into it",
+                             "remove conda_file, or remove inference_config to use Azure's inference server")
+            return None, image if isinstance(image, str) else None
         if image is None:
             self.problem((*key, "image"), "missing", "add image: <base image with Python>, or build: {path: ...}")
         elif not isinstance(image, str):
@@ -366,7 +414,8 @@ class _Checker:
                          "add conda_file: <conda.yml listing azureml-inference-server-http under pip>")
         if conda is not None:
             try:
-                resolve_environment(conda, str(image), str(image))
+                # conda-only packages are the environment stage's call: it knows whether the base has conda
+                resolve_environment(conda, str(image), str(image), conda_builds=True)
             except LocalmlError as exc:
                 self.problems.extend(exc.problems)
         return conda, image
@@ -381,6 +430,43 @@ class _Checker:
             self.problem((*key, "dockerfile_path") if "dockerfile_path" in build else (*key, "path"),
                          f"no Dockerfile at {context / dockerfile}",
                          "dockerfile_path is relative to the build context folder (default: Dockerfile)")
+
+    def _inference_config(self, config: dict[str, Any]) -> None:
+        routes: dict[str, Any] = {}
+        for route in ("liveness_route", "readiness_route", "scoring_route"):
+            item = config.get(route)
+            if isinstance(item, dict) and isinstance(item.get("path"), str) and isinstance(item.get("port"), int):
+                path = item["path"] if item["path"].startswith("/") else "/" + item["path"]
+                routes[route] = {"path": path, "port": item["port"]}
+        if len(routes) == 3:  # else the schema has said what is missing
+            self.inference_config = routes
+        mount = self.get(("model_mount_path",))
+        if isinstance(mount, str):
+            if not mount.startswith("/"):
+                self.problem(("model_mount_path",), f"expected an absolute path in the container, found {mount!r}",
+                             "write it as /var/azureml-app/model or similar")
+            else:
+                self.model_mount_path = mount.rstrip("/") or "/"
+
+    def traffic(self, endpoint_doc: YamlDocument | None) -> None:
+        """Azure's rules the schema cannot state: live traffic sums to 0 or 100; a mirror gets no live traffic."""
+        if endpoint_doc is None or not isinstance(endpoint_doc.data, dict):
+            return
+        traffic = endpoint_doc.data.get("traffic")
+        mirror = endpoint_doc.data.get("mirror_traffic")
+        if isinstance(traffic, dict) and all(isinstance(v, int) for v in traffic.values()):
+            total = sum(traffic.values())
+            if total not in (0, 100):
+                self.problems.append(Problem(
+                    f"the traffic percentages add up to {total}, not 100", **endpoint_doc.where(("traffic",)),
+                    fix="make them add up to 100 (or all 0)"))
+            if isinstance(mirror, dict):
+                for name in mirror:
+                    if traffic.get(name):
+                        self.problems.append(Problem(
+                            f"{name} gets both live traffic ({traffic[name]} %) and mirrored traffic",
+                            **endpoint_doc.where(("mirror_traffic", name)),
+                            fix=f"set traffic.{name} to 0, or mirror to another deployment"))
 
     def environment_variables(self) -> dict[str, str]:
         key = ("environment_variables",)
@@ -397,8 +483,7 @@ class _Checker:
                 out[str(name)] = str(item)  # Azure coerces numbers to strings
         return out
 
-    def probe(self) -> Probe:
-        key = ("readiness_probe",)
+    def probe(self, key: tuple) -> Probe:
         value = self.mapping(key) or {}
         probe = Probe()
         for field_name in ("initial_delay", "period", "timeout", "success_threshold", "failure_threshold"):
@@ -409,6 +494,10 @@ class _Checker:
                 else:
                     setattr(probe, field_name, item)
         return probe
+
+    def max_concurrent_requests(self) -> int:
+        value = self.get(("request_settings", "max_concurrent_requests_per_instance"))
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
     def request_timeout_ms(self) -> int:
         key = ("request_settings", "request_timeout_ms")

@@ -6,6 +6,7 @@
 
 Variables come from doit's command line (`doit debug spec=blue-deployment.yml`); the last
 validated spec is remembered in .localml/current.json, so `doit invoke request=...` needs no spec.
+The Azure CLI's overrides are variables too (overrides.py): deployment=, endpoint_name=, set=.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from rich.console import Console
 from . import actions, docker_engine
 from .actions import ServerMode, Target
 from .errors import LocalmlError
+from .overrides import VARIABLES as OVERRIDE_VARIABLES
+from .overrides import Overrides
 from .reporter import LocalmlReporter
 from .spec import peek_names
 from .state import STATE_DIR_NAME, current_file, read_json
@@ -64,19 +67,22 @@ def _runtime() -> tuple[str, bool]:
 
 
 def _target() -> Target | None:
-    """The deployment named by spec=..., else the one last used in this folder."""
+    """The deployment named by spec=... (with its overrides), else the one last used in this folder."""
     spec = _var("spec")
     endpoint_yaml = _var("endpoint") or None
+    given = Overrides.from_vars({name: _var(name) for name in OVERRIDE_VARIABLES})
+    overrides = given  # spec= given: only the overrides given now, none remembered
     if not spec:
         current = read_json(current_file()) or {}
         spec = current.get("spec", "")
         endpoint_yaml = endpoint_yaml or current.get("endpoint_yaml")
+        # the last run's overrides still apply; a variable given now replaces the remembered one of its name
+        overrides = Overrides.from_vars({**(current.get("overrides") or {}), **given.as_vars()})
         if not spec:
             return None
     path = Path(spec)
-    endpoint, deployment = peek_names(path)
-    deployment = _var("deployment") or deployment
-    return Target(path, endpoint, deployment, Path(endpoint_yaml) if endpoint_yaml else None)
+    endpoint, deployment = peek_names(path, overrides.parse(lenient=True))
+    return Target(path, endpoint, deployment, Path(endpoint_yaml) if endpoint_yaml else None, overrides)
 
 
 def _guard(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
@@ -172,12 +178,13 @@ def task_container() -> Iterator[dict[str, Any]]:
     """Run the deployment's container (recreated only when its configuration changed)."""
     target = _target()
     if target and _runtime()[0] == "docker":
+        gpu = _flag("gpu")  # request the machine's GPUs (checked with nvidia-smi first)
         yield {
             "name": target.deployment,
-            "actions": [_guard(actions.start_container, target, _mode())],
+            "actions": [_guard(actions.start_container, target, _mode(), gpu)],
             "task_dep": [f"image:{target.deployment}"],
             "file_dep": [target.resolved_file],
-            "uptodate": [(actions.container_is_current, [target])],
+            "uptodate": [(actions.container_is_current, [target, gpu])],
         }
 
 
@@ -233,7 +240,7 @@ def task_vscode() -> Iterator[dict[str, Any]]:
 
 
 def task_health() -> Iterator[dict[str, Any]]:
-    """Wait until the endpoint answers its liveness route, or report why it never will."""
+    """Wait until the deployment is ready (its readiness probe and route), or report why it never will."""
     target = _target()
     if target:
         yield {
@@ -244,12 +251,24 @@ def task_health() -> Iterator[dict[str, Any]]:
         }
 
 
+def task_endpoint() -> Iterator[dict[str, Any]]:
+    """Route the endpoint's address to its running deployments by the endpoint YAML's traffic."""
+    target = _target()
+    if target:
+        yield {
+            "name": target.endpoint,
+            "actions": [_guard(actions.update_endpoint, target)],
+            "task_dep": [f"health:{target.deployment}"],
+            "uptodate": [False],
+        }
+
+
 def task_debug() -> dict[str, Any]:
     """Bring the local endpoint up to date and debuggable; wait=1 waits for a debugger, debugger=0 runs azmlinfsrv."""
     target = _target()
     if not target:
         return _no_target("debug")
-    return {"actions": None, "task_dep": [f"health:{target.deployment}"]}
+    return {"actions": None, "task_dep": [f"endpoint:{target.endpoint}"]}
 
 
 def task_watch() -> dict[str, Any]:
@@ -264,14 +283,15 @@ def task_watch() -> dict[str, Any]:
 
 
 def task_invoke() -> dict[str, Any]:
-    """POST request=<file.json> to the scoring URI; deployment=<name> picks one."""
+    """POST request=<file.json> to the endpoint (routed by traffic); deployment=<name> picks one."""
     target = _target()
     if not target:
         return _no_target("invoke request=req.json")
     request = _var("request")
     if not request:
         return _no_target_request()
-    return {"actions": [_guard(actions.invoke_endpoint, target, Path(request))], "uptodate": [False]}
+    named = _var("deployment") or None
+    return {"actions": [_guard(actions.invoke_endpoint, target, Path(request), named)], "uptodate": [False]}
 
 
 def _no_target_request() -> dict[str, Any]:

@@ -5,8 +5,11 @@ Docker tests never skip: a missing engine is a failure (scripts/test starts one)
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -59,6 +62,7 @@ def sample_copy(root: Path) -> Project:
     proj = Project(root=root, endpoint=endpoint)
     proj.edit("endpoint.yml", "name: localml-sample", f"name: {endpoint}")
     proj.edit("blue-deployment.yml", "endpoint_name: localml-sample", f"endpoint_name: {endpoint}")
+    proj.edit("green-deployment.yml", "endpoint_name: localml-sample", f"endpoint_name: {endpoint}")
     return proj
 
 
@@ -76,6 +80,19 @@ def remove_containers(endpoint: str) -> None:
             container.remove(force=True)
     except docker.errors.DockerException:
         pass
+
+
+def stop_routers(root: Path) -> None:
+    """End the endpoint routers (background processes) that localml started for projects under root."""
+    for record in root.glob("**/.localml/endpoints/*/router.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            os.kill(int(json.loads(record.read_text())["pid"]), signal.SIGTERM)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_routers_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    yield
+    stop_routers(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

@@ -50,8 +50,14 @@ def test_debug_then_invoke_returns_the_models_own_predictions(project, engine):
     assert shown.returncode == 0, shown.stderr
     described = json.loads(shown.stdout)
     assert described["location"] == "local" and described["provisioning_state"] == "Succeeded"
-    assert described["scoring_uri"] == f"http://127.0.0.1:{labels['localml.scoring-port']}/score"
+    # the endpoint's address is its router; the deployment keeps its own port
+    assert described["scoring_uri"].startswith("http://127.0.0.1:") and described["scoring_uri"].endswith("/score")
     assert described["deployments"][0]["name"] == "blue"
+    port = labels["localml.scoring-port"]
+    assert described["deployments"][0]["scoring_uri"] == f"http://127.0.0.1:{port}/score"
+    # the server offers both: Swagger 2 by default, OpenAPI 3 on request
+    assert described["deployments"][0]["swagger_uri"] == f"http://127.0.0.1:{port}/swagger.json"
+    assert described["deployments"][0]["openapi_uri"] == f"http://127.0.0.1:{port}/swagger.json?version=3"
 
     logs = project.run("logs", "tail=50")
     assert "POST /score 200" in logs.stdout

@@ -36,6 +36,21 @@ def _tell_the_host(debug_port):
     os.replace(path + ".tmp", path)
 
 
+def _no_timeout_while_attached(app):
+    """The scoring timeout (SCORING_TIMEOUT_MS, from request_settings.request_timeout_ms) applies as in
+    Azure, except while a debugger is attached: a breakpoint in run() must not turn into a timeout."""
+    import debugpy
+    from azureml_inference_server_http.server.config import config
+
+    limit = config.scoring_timeout
+
+    def wrapped(environ, start_response):
+        config.scoring_timeout = 24 * 3600 * 1000 if debugpy.is_client_connected() else limit
+        return app(environ, start_response)
+
+    return wrapped
+
+
 def main():
     host = os.environ.get("LOCALML_BIND_HOST", "0.0.0.0")
     port = int(os.environ.get("LOCALML_SERVER_PORT", "5001"))
@@ -56,7 +71,13 @@ def main():
     amlserver.set_path_variable()
 
     if os.environ.get("LOCALML_DEBUGGER", "1") != "0":
-        import debugpy
+        try:
+            import debugpy
+        except ImportError:
+            # an environment.build image without debugpy: localml's layer installed it here. Appended
+            # only now, so the image's own packages never see it.
+            sys.path.append("/opt/localml/site")
+            import debugpy
 
         debugpy.listen((host, debug_port))
         print(f"localml-debug: debugpy listening on port {debug_port}", flush=True)
@@ -67,6 +88,8 @@ def main():
 
     from azureml_inference_server_http.server.entry import app  # creating the app runs init()
 
+    if os.environ.get("LOCALML_DEBUGGER", "1") != "0":
+        app = _no_timeout_while_attached(app)
     server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
     print(f"localml-debug: serving on port {port} in one process", flush=True)
     server.serve_forever()

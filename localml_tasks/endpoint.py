@@ -1,0 +1,164 @@
+"""Stage 9 — the endpoint: one address for all of an endpoint's deployments, routed by traffic.
+
+Each deployment is its own container (or process) with its own port. The endpoint's address is
+served by localml's router (router_server.py), a small background process on 127.0.0.1 that
+reads routes.json: which deployments run where, and the endpoint YAML's traffic and
+mirror_traffic. This module renders that file (pure), and starts, finds and stops the router.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .container import LOOPBACK, pick_port
+from .errors import LocalmlError
+from .router_server import STATUS_PATH
+from .server import process_is_alive
+from .state import read_json, state_root, write_json_if_changed
+
+FIRST_ENDPOINT_PORT = 5100
+ROUTES_FILE = "routes.json"
+ROUTER_FILE = "router.json"
+ROUTER_LOG = "router.log"
+MIRROR_LOG = "mirror.log"
+
+
+def endpoint_dir(endpoint: str) -> Path:
+    return state_root() / "endpoints" / endpoint
+
+
+@dataclass
+class Router:
+    pid: int
+    port: int
+
+    @property
+    def scoring_uri(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/score"
+
+    @property
+    def base_uri(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+
+def render_routes(endpoint: str, endpoint_data: dict[str, Any],
+                  deployments: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """deployments: name -> {path, port} of its scoring route on this machine."""
+    return {
+        "endpoint": endpoint,
+        "traffic": endpoint_data.get("traffic") or {},
+        "mirror_traffic": endpoint_data.get("mirror_traffic") or {},
+        "deployments": {
+            name: {"base": f"http://{LOOPBACK}:{route['port']}",
+                   "scoring": f"http://{LOOPBACK}:{route['port']}{route['path']}"}
+            for name, route in sorted(deployments.items())
+        },
+    }
+
+
+def describe_traffic(routes: dict[str, Any]) -> str:
+    """'blue 90 %, green 10 % (mirror: green 10 %)', or how requests are routed without traffic."""
+    traffic = {name: weight for name, weight in routes["traffic"].items() if weight}
+    if traffic:
+        text = ", ".join(f"{name} {weight} %" for name, weight in sorted(traffic.items()))
+    elif len(routes["deployments"]) == 1:
+        text = f"all to {next(iter(routes['deployments']))} (no traffic set, one deployment)"
+    else:
+        text = "no traffic set: name a deployment (deployment=<name>)"
+    mirror = {name: weight for name, weight in routes["mirror_traffic"].items() if weight}
+    if mirror:
+        text += " (mirror: " + ", ".join(f"{name} {weight} %" for name, weight in mirror.items()) + ")"
+    missing = sorted(set(traffic) - set(routes["deployments"]))
+    if missing:
+        text += f"; not running here: {', '.join(missing)} (their share goes to the others)"
+    return text
+
+
+def write_routes(endpoint: str, routes: dict[str, Any]) -> bool:
+    return write_json_if_changed(endpoint_dir(endpoint) / ROUTES_FILE, routes)
+
+
+def read_routes(endpoint: str) -> dict[str, Any] | None:
+    return read_json(endpoint_dir(endpoint) / ROUTES_FILE)
+
+
+def _answers(port: int) -> bool:
+    try:
+        answer = requests.get(f"http://{LOOPBACK}:{port}{STATUS_PATH}", timeout=1)
+        return answer.status_code == 200 and answer.json().get("router") == "localml"
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def find_router(endpoint: str) -> Router | None:
+    """The endpoint's router, if it runs (its pid is alive and it answers on its port)."""
+    record = read_json(endpoint_dir(endpoint) / ROUTER_FILE)
+    if not record or not process_is_alive(int(record["pid"])):
+        return None
+    router = Router(int(record["pid"]), int(record["port"]))
+    return router if _answers(router.port) else None
+
+
+def ensure_router(endpoint: str, taken_ports: set[int]) -> tuple[Router, bool]:
+    """(router, whether it was started now). Keeps its port across restarts when it is free."""
+    running = find_router(endpoint)
+    if running is not None:
+        return running, False
+    folder = endpoint_dir(endpoint)
+    previous = read_json(folder / ROUTER_FILE) or {}
+    port = pick_port(int(previous.get("port", FIRST_ENDPOINT_PORT)), taken_ports)
+    with open(folder / ROUTER_LOG, "a", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "localml_tasks.router_server", str(folder / ROUTES_FILE), str(port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
+    write_json_if_changed(folder / ROUTER_FILE, {"pid": process.pid, "port": port})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _answers(port):
+            return Router(process.pid, port), True
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = (folder / ROUTER_LOG).read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
+    raise LocalmlError.one(f"the endpoint's router did not start on {LOOPBACK}:{port}: " + " | ".join(tail),
+                           fix=f"see {folder / ROUTER_LOG}")
+
+
+def stop_router(endpoint: str) -> int | None:
+    """Remove the routes (the router stops by itself when they go) and end it; returns its pid."""
+    folder = endpoint_dir(endpoint)
+    (folder / ROUTES_FILE).unlink(missing_ok=True)
+    record = read_json(folder / ROUTER_FILE)
+    (folder / ROUTER_FILE).unlink(missing_ok=True)
+    if not record or not process_is_alive(int(record["pid"])):
+        return None
+    pid = int(record["pid"])
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and process_is_alive(pid):
+        time.sleep(0.05)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # when this very process started it
+    return pid
+
+
+def mirror_log_tail(endpoint: str, lines: int = 20) -> list[str]:
+    try:
+        text = (endpoint_dir(endpoint) / MIRROR_LOG).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:]
