@@ -78,8 +78,12 @@ def describe_traffic(routes: dict[str, Any]) -> str:
     if mirror:
         text += " (mirror: " + ", ".join(f"{name} {weight} %" for name, weight in mirror.items()) + ")"
     missing = sorted(set(traffic) - set(routes["deployments"]))
-    if missing:
-        text += f"; not running here: {', '.join(missing)} (their share goes to the others)"
+    receiving = sorted(set(traffic) & set(routes["deployments"]))
+    if missing and receiving:
+        text += (f"; {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not running here: "
+                 f"{'its' if len(missing) == 1 else 'their'} share goes to {' and '.join(receiving)}")
+    elif missing:
+        text += "; none of them runs here: name a deployment (deployment=<name>)"
     return text
 
 

@@ -70,6 +70,10 @@ CATALOGUE = [
      "'bad-specs' does not match the endpoint's name 'other-endpoint' in endpoint.yml"),
     ("bad_endpoint/blue-deployment.yml", "bad_endpoint/endpoint.yml", "auth_mode",
      "'password' is not allowed here"),
+    ("traffic_sum/blue-deployment.yml", "traffic_sum/endpoint.yml", "traffic:",
+     "the traffic percentages add up to 80, not 100"),
+    ("mirror_and_live/blue-deployment.yml", "mirror_and_live/endpoint.yml", "green: 20",
+     "green gets both live traffic (10 %) and mirrored traffic"),
 ]
 
 
@@ -186,6 +190,42 @@ scale_settings:
     deployment = load_deployment(valid(tmp_path, body))
     assert deployment.readiness_probe.failure_threshold == 5
     assert deployment.request_timeout_ms == 250000
+
+
+CUSTOM = """name: custom
+endpoint_name: localml-sample
+model:
+  name: tiny
+  version: 2
+  path: model/
+model_mount_path: {mount}
+environment:
+  image: docker.io/tensorflow/serving:latest
+  inference_config:
+    liveness_route: {{path: /v1/models/m, port: 8501}}
+    readiness_route: {{path: v1/models/m, port: 8501}}
+    scoring_route: {{path: /v1/models/m:predict, port: 8501}}
+"""
+
+
+def test_a_custom_container_needs_no_code_configuration_and_keeps_its_routes(tmp_path):
+    deployment = load_deployment(valid(tmp_path, CUSTOM.format(mount="/var/tfserving-model-mount")))
+    assert deployment.code_dir == "" and deployment.conda_file is None
+    assert deployment.inference_config == {
+        "liveness_route": {"path": "/v1/models/m", "port": 8501},
+        "readiness_route": {"path": "/v1/models/m", "port": 8501},  # a leading / is added, as a URL path
+        "scoring_route": {"path": "/v1/models/m:predict", "port": 8501},
+    }
+    assert deployment.model_mount_path == "/var/tfserving-model-mount"
+
+
+def test_a_relative_model_mount_path_is_an_error_with_its_line(tmp_path):
+    path = valid(tmp_path, CUSTOM.format(mount="models/here"))
+    with pytest.raises(LocalmlError) as caught:
+        load_deployment(path)
+    [problem] = caught.value.problems
+    assert problem.key == "model_mount_path" and problem.line == 7
+    assert "expected an absolute path in the container" in problem.message
 
 
 def test_the_sample_is_valid():
