@@ -789,6 +789,12 @@ def list_endpoints() -> None:
     if not rows:
         _line("endpoints", "no local endpoints")
         return
-    for row in rows:
-        out.print(f"{row['endpoint_name']:<24} {row['name']:<16} {row['provisioning_state']:<10} "
-                  f"{row['scoring_uri']:<34} {row['container']['status']}")
+    for endpoint_name in sorted({row["endpoint_name"] or "" for row in rows}):
+        router = endpoint_stage.find_router(endpoint_name)
+        routes = endpoint_stage.read_routes(endpoint_name) if router else None
+        where = f"{router.scoring_uri}  {endpoint_stage.describe_traffic(routes)}" if router and routes else \
+            "no router started from this folder"
+        out.print(f"[bold]{endpoint_name}[/]  {where}")
+        for row in (r for r in rows if r["endpoint_name"] == endpoint_name):
+            out.print(f"  {row['name']:<16} {row['provisioning_state']:<10} {row['scoring_uri']:<40} "
+                      f"{row['container']['status']}")

@@ -304,7 +304,7 @@ def _no_target_request() -> dict[str, Any]:
 
 
 def task_show() -> dict[str, Any]:
-    """Print the local endpoint as Azure-style JSON (scoring_uri, provisioning_state, ports)."""
+    """Print the endpoint and every deployment as Azure-style JSON (scoring_uri, traffic, swagger_uri, ports)."""
     target = _target()
     if not target:
         return _no_target("show")
@@ -320,7 +320,7 @@ def task_logs() -> dict[str, Any]:
 
 
 def task_delete() -> dict[str, Any]:
-    """Remove the deployment's container; images=1 removes its image too."""
+    """Remove the deployment's container (the others keep serving); images=1 removes its image too."""
     target = _target()
     if not target:
         return _no_target("delete")
@@ -328,5 +328,5 @@ def task_delete() -> dict[str, Any]:
 
 
 def task_endpoints() -> dict[str, Any]:
-    """List every local endpoint and deployment on this machine."""
+    """List every local endpoint (its address and traffic) and deployment on this machine."""
     return {"actions": [_guard(actions.list_endpoints)], "uptodate": [False]}

@@ -66,6 +66,9 @@ def test_both_deployments_run_in_their_own_containers_and_show_lists_them(endpoi
     # the endpoint's own address is on loopback, and answers the swagger route too
     assert described["scoring_uri"].startswith("http://127.0.0.1:")
     assert requests.get(described["swagger_uri"], timeout=10).status_code == 200
+    listed = endpoint.run("endpoints").stdout
+    assert f"{endpoint.endpoint}  {described['scoring_uri']}  blue 90 %, green 10 %" in listed
+    assert f"  green            Succeeded  {rows['green']['scoring_uri']}" in listed
 
 
 def test_traffic_90_10_over_200_requests(endpoint):
