@@ -471,7 +471,8 @@ def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
                               f"{' written' if changed else ''}")
         _merge_user_launch(launch, merge_into_user_launch)
         return
-    spec = _container_spec(target)
+    assert isinstance(where.host, server.ContainerHost)
+    spec = _container_spec(target, gpu=where.host.container.labels.get(container_stage.LABEL_GPU) == "1")
     folder = target.state_dir.resolve()
     plan = image.load_plan(target.build_dir)
     python = context_stage.LOCALML_PYTHON if plan is not None and plan.kind == "context" else None

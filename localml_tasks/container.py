@@ -47,6 +47,7 @@ LABEL_CODE_DIR = "localml.code-dir"
 LABEL_CODE_TARGET = "localml.code-target"
 LABEL_HOST_PORTS = "localml.host-ports"  # JSON {role: host port}
 LABEL_ROUTES = "localml.routes"  # JSON {scoring|readiness|liveness: {path, port (on the host)}}
+LABEL_GPU = "localml.gpu"  # "1": every GPU was requested (gpu=1)
 LABEL_CUSTOM = "localml.custom-container"  # "1": the image serves itself (environment.inference_config)
 # the dev containers spec's labels: VS Code and @devcontainers/cli find (and reuse) a container by them
 LABEL_DEVCONTAINER_FOLDER = "devcontainer.local_folder"
@@ -125,8 +126,9 @@ def server_command(debugger: bool, wait: bool) -> dict[str, Any]:
     return {"argv": ["sh", "-c", script], "env": {}}
 
 
-def _labels(deployment: Deployment, devcontainer_folder: Path) -> dict[str, str]:
+def _labels(deployment: Deployment, devcontainer_folder: Path, gpu: bool) -> dict[str, str]:
     return {
+        **({LABEL_GPU: "1"} if gpu else {}),
         LABEL_LOCAL_ENDPOINT: "",
         LABEL_ENDPOINT: deployment.endpoint_name,
         LABEL_DEPLOYMENT: deployment.deployment_name,
@@ -159,7 +161,7 @@ def render_container(
     mounts.append({"source": str(IN_CONTAINER), "target": BIN_DIR, "read_only": True})
     mounts.append({"source": str(runtime_dir), "target": RUNTIME_DIR, "read_only": False})
     command = ["python", f"{BIN_DIR}/supervisor.py", RUNTIME_DIR]  # as the image's CMD
-    labels = {**_labels(deployment, devcontainer_folder), LABEL_CODE_TARGET: code_target}
+    labels = {**_labels(deployment, devcontainer_folder, gpu), LABEL_CODE_TARGET: code_target}
     routes = {"scoring": {"path": "/score", "port": CONTAINER_PORT},
               "readiness": {"path": "/", "port": CONTAINER_PORT}, "liveness": {"path": "/", "port": CONTAINER_PORT}}
     # a new supervisor (a localml upgrade) needs a new container
@@ -187,7 +189,7 @@ def render_custom_container(deployment: Deployment, image_tag: str, image_id: st
     environment = server_environment(deployment)
     mounts = _code_and_model_mounts(deployment)
     code_target = mounts[0]["target"] if deployment.code_dir else ""
-    labels = {**_labels(deployment, devcontainer_folder), LABEL_CODE_TARGET: code_target, LABEL_CUSTOM: "1"}
+    labels = {**_labels(deployment, devcontainer_folder, gpu), LABEL_CODE_TARGET: code_target, LABEL_CUSTOM: "1"}
     config_hash = _config_hash(image=image_tag, image_id=image_id, env=environment, mounts=mounts, labels=labels,
                                routes=routes, gpu=gpu)
     return ContainerSpec(

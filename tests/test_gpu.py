@@ -31,6 +31,8 @@ def test_gpu_is_part_of_the_container_and_devcontainer_configuration():
     with_gpu, without = rendered(True), rendered(False)
     assert with_gpu.gpu and not without.gpu
     assert with_gpu.config_hash != without.config_hash  # turning gpu=1 on or off recreates the container
+    # the label tells later stages (the devcontainer) that this container has the GPUs
+    assert with_gpu.labels["localml.gpu"] == "1" and "localml.gpu" not in without.labels
     run_args = render_devcontainer(with_gpu, 5001, 5678, Path("/state"))["runArgs"]
     assert "--gpus=all" in run_args
     assert "--gpus=all" not in render_devcontainer(without, 5001, 5678, Path("/state"))["runArgs"]
