@@ -402,6 +402,10 @@ def server_is_current(target: Target, mode: ServerMode) -> bool:
         return False
     if running is not None and running.custom:
         return running.host.is_up()
+    status = server.read_status(target.runtime_dir)
+    if running is not None and status is not None and running.host.owns(status) \
+            and status.started_at >= COMMAND_STARTED:
+        return False  # the container (or process) stage started it just now: the action says so
     return running is not None and server.is_running_in(running.host, target.runtime_dir,
                                                         mode.command_for(running, target))
 
