@@ -86,12 +86,11 @@ def model_dir_in_container(deployment: Deployment) -> str:
 
 def server_environment(deployment: Deployment) -> dict[str, str]:
     """Azure's variables for the server, then the deployment's own (which win, as in Azure)."""
-    environment = {
-        "AZUREML_MODEL_DIR": model_dir_in_container(deployment),
-        # request_settings: the server's scoring timeout; gunicorn's worker count outside debugging
-        "SCORING_TIMEOUT_MS": str(deployment.request_timeout_ms),
-        "WORKER_COUNT": str(deployment.max_concurrent_requests),
-    }
+    environment = {"AZUREML_MODEL_DIR": model_dir_in_container(deployment)}
+    if not deployment.inference_config:
+        # request_settings, for azmlinfsrv: its scoring timeout, and gunicorn's worker count outside debugging
+        environment["SCORING_TIMEOUT_MS"] = str(deployment.request_timeout_ms)
+        environment["WORKER_COUNT"] = str(deployment.max_concurrent_requests)
     if deployment.code_dir:
         code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
         script_dir, script_name = posixpath.split(deployment.scoring_script)
