@@ -36,7 +36,7 @@ from .image import (
     image_tag,
     load_plan,
     parse_build_failure,
-    proxy_build_args,
+    stream_build,
     write_ca_copy,
 )
 from .state import read_json, write_if_changed, write_json_if_changed
@@ -328,25 +328,18 @@ def build(build_dir: Path, *, say: Callable[[str], None] = print, echo: bool = T
                 docker_engine.tag_image(item["id"], item["name"])
             say(f"FROM {item['name']} in {Path(plan.dockerfile).name}: the local {item['local']} "
                 "is tagged under that name (image_aliases)")
-    lines: list[str] = []
-    events = docker_engine.build(plan.build_context, plan.user_tag, proxy_build_args(), nocache=no_cache,
-                                 dockerfile=plan.dockerfile_path)
-    for event in events:
-        if event.error is not None:
-            raise user_build_failure(lines, event.error, Path(plan.dockerfile), plan.build_context)
-        lines.append(event.line)
-        if echo and event.line.startswith("Step "):
-            print(f"  {event.line}")
-    lines = []
-    for event in docker_engine.build(str(build_dir), plan.tag, proxy_build_args(), nocache=no_cache):
-        if event.error is not None:
-            raise layer_failure(lines, event.error, plan.dockerfile)
-        lines.append(event.line)
-        if echo and event.line.startswith(LAYER_MARKER):
-            print(f"  {event.line}")
+    dockerfile, context = Path(plan.dockerfile), plan.build_context
+    stream_build(context, plan.user_tag, lambda lines, error: user_build_failure(lines, error, dockerfile, context),
+                 echo_prefix="Step " if echo else None, no_cache=no_cache, dockerfile=plan.dockerfile_path)
+
+    def failure(lines: list[str], error: str) -> LocalmlError:
+        return layer_failure(lines, error, str(dockerfile))
+
+    lines = stream_build(str(build_dir), plan.tag, failure, echo_prefix=LAYER_MARKER if echo else None,
+                         no_cache=no_cache)
     image_id = docker_engine.image_id(plan.tag)
     if image_id is None:
-        raise layer_failure(lines, "the build produced no image", plan.dockerfile)
+        raise failure(lines, "the build produced no image")
     return image_id, time.monotonic() - started
 
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,20 +344,32 @@ def proxy_build_args() -> dict[str, str]:
     return args
 
 
+def stream_build(context_dir: str, tag: str, failure: Callable[[list[str], str], LocalmlError], *,
+                 echo_prefix: str | None = "Step ", no_cache: bool = False, dockerfile: str | None = None) -> list[str]:
+    """Run one build, echoing the lines that start with echo_prefix; returns the output lines.
+    failure(lines so far, Docker's error) says what went wrong in the user's words."""
+    lines: list[str] = []
+    for event in docker_engine.build(context_dir, tag, proxy_build_args(), nocache=no_cache, dockerfile=dockerfile):
+        if event.error is not None:
+            raise failure(lines, event.error)
+        lines.append(event.line)
+        if echo_prefix and event.line.startswith(echo_prefix):
+            print(f"  {event.line}")
+    return lines
+
+
 def build_image(build_dir: Path, *, echo: bool = True, no_cache: bool = False) -> tuple[str, float]:
     """Build the planned image; returns (image id, seconds). no_cache: ignore Docker's layer cache."""
     plan = load_plan(build_dir)
     if plan is None:
         raise LocalmlError.one("no build plan; run the environment stage first (doit debug does)")
     started = time.monotonic()
-    lines: list[str] = []
-    for event in docker_engine.build(str(build_dir), plan.tag, proxy_build_args(), nocache=no_cache):
-        if event.error is not None:
-            raise parse_build_failure(lines, event.error, plan.conda_file)
-        lines.append(event.line)
-        if echo and event.line.startswith("Step "):
-            print(f"  {event.line}")
+
+    def failure(lines: list[str], error: str) -> LocalmlError:
+        return parse_build_failure(lines, error, plan.conda_file)
+
+    lines = stream_build(str(build_dir), plan.tag, failure, echo_prefix="Step " if echo else None, no_cache=no_cache)
     image_id = docker_engine.image_id(plan.tag)
     if image_id is None:
-        raise parse_build_failure(lines, "the build produced no image", plan.conda_file)
+        raise failure(lines, "the build produced no image")
     return image_id, time.monotonic() - started
