@@ -114,7 +114,7 @@ class Running:
     custom: bool = False  # a custom container (environment.inference_config): no supervisor of ours
 
     def uri(self, role: str) -> str:
-        route = self.routes.get(role) or {"path": "/score" if role == "scoring" else "/", "port": self.scoring_port}
+        route = self.routes[role]
         return f"http://{container_stage.LOOPBACK}:{route['port']}{route['path']}"
 
     @property
@@ -129,7 +129,7 @@ def _running(target: Target, required: bool = True) -> Running | None:
         log_file = Path(record.log_file)
         return Running("process", record.host(f"the process of {target.deployment}"), record.scoring_port,
                        record.debug_port, {code_dir: code_dir}, lambda since: _process_log(log_file, since),
-                       code_dir)
+                       code_dir, container_stage.inference_server_routes(record.scoring_port))
     found = None
     if docker_engine.engine_available():
         found = docker_engine.get_container(container_stage.container_name(target.endpoint, target.deployment))
@@ -140,8 +140,11 @@ def _running(target: Target, required: bool = True) -> Running | None:
         return None
     labels = found.labels
     code_target = labels.get(container_stage.LABEL_CODE_TARGET, "")
-    routes = json.loads(labels.get(container_stage.LABEL_ROUTES) or "{}")
-    return Running("container", server.ContainerHost(found), int(labels[container_stage.LABEL_SCORING_PORT]),
+    scoring_port = int(labels[container_stage.LABEL_SCORING_PORT])
+    # containers from before routes were recorded serve azmlinfsrv's
+    routes = json.loads(labels.get(container_stage.LABEL_ROUTES) or "{}") or \
+        container_stage.inference_server_routes(scoring_port)
+    return Running("container", server.ContainerHost(found), scoring_port,
                    int(labels.get(container_stage.LABEL_DEBUG_PORT) or 0),
                    {code_target: labels.get(container_stage.LABEL_CODE_DIR, "")} if code_target else {},
                    lambda since: docker_engine.container_logs(found, since=since), code_target,
@@ -562,20 +565,22 @@ def check_health(target: Target) -> None:
         _line("health", f"ready (answered {running.uri('readiness')} in {seconds * 1000:.0f} ms)")
 
 
+def _endpoint_deployments(endpoint_name: str) -> list[dict[str, Any]]:
+    """Every deployment of the endpoint, described: process mode's from this folder's records (they win),
+    containers from their labels."""
+    folder = endpoint_stage.endpoint_dir(endpoint_name)
+    state_dirs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    described = [d for d in (_describe_process(endpoint_name, state_dir) for state_dir in state_dirs) if d]
+    if docker_engine.engine_available():
+        names = {d["name"] for d in described}
+        described += [d for d in lifecycle.deployments_of(endpoint_name) if d["name"] not in names]
+    return sorted(described, key=lambda d: d["name"])
+
+
 def _deployment_routes(endpoint_name: str) -> dict[str, dict[str, Any]]:
     """Every deployment of the endpoint that runs now: name -> its scoring route on this machine."""
-    found: dict[str, dict[str, Any]] = {}
-    folder = endpoint_stage.endpoint_dir(endpoint_name)
-    if folder.is_dir():
-        for state_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-            record = process_runtime.live_record(state_dir)
-            if record is not None:
-                found[state_dir.name] = {"path": "/score", "port": record.scoring_port}
-    if docker_engine.engine_available():
-        for described in lifecycle.deployments_of(endpoint_name):
-            if described["container"]["status"] == "running":
-                found.setdefault(described["name"], described["routes"]["scoring"])
-    return found
+    return {d["name"]: d["routes"]["scoring"] for d in _endpoint_deployments(endpoint_name)
+            if d["runtime"] == "process" or d["container"]["status"] == "running"}
 
 
 def update_endpoint(target: Target) -> None:
@@ -651,12 +656,11 @@ def _describe_process(endpoint_name: str, state_dir: Path) -> dict[str, Any] | N
     status = server.read_status(state_dir / "runtime")
     state = "Succeeded" if status and status.state == "running" else "Failed"
     base = f"http://{container_stage.LOOPBACK}:{record.scoring_port}"
-    route = {"path": "/", "port": record.scoring_port}
     return {
         "name": state_dir.name, "endpoint_name": endpoint_name, "type": "local", "location": "local",
         "runtime": "process", "provisioning_state": state, "scoring_uri": f"{base}/score",
-        "swagger_uri": f"{base}/swagger.json", "readiness_uri": f"{base}/", "liveness_uri": f"{base}/",
-        "routes": {"scoring": {"path": "/score", "port": record.scoring_port}, "readiness": route, "liveness": route},
+        "readiness_uri": f"{base}/", "liveness_uri": f"{base}/",
+        "routes": container_stage.inference_server_routes(record.scoring_port),
         "ports": {"scoring": record.scoring_port, "debug": record.debug_port},
         "pid": record.supervisor_pid, "spec": data.get("spec_path"),
         "environment_variables": data.get("environment_variables", {}),
@@ -665,13 +669,7 @@ def _describe_process(endpoint_name: str, state_dir: Path) -> dict[str, Any] | N
 
 def show(target: Target) -> None:
     """The endpoint and every deployment it has here, Azure-style, with what the servers offer."""
-    folder = endpoint_stage.endpoint_dir(target.endpoint)
-    deployments = [d for d in (_describe_process(target.endpoint, state_dir)
-                               for state_dir in sorted(folder.iterdir() if folder.is_dir() else [])
-                               if state_dir.is_dir()) if d]
-    if docker_engine.engine_available():
-        names = {d["name"] for d in deployments}
-        deployments += [d for d in lifecycle.deployments_of(target.endpoint) if d["name"] not in names]
+    deployments = _endpoint_deployments(target.endpoint)
     if not deployments:
         raise LocalmlError.one(f"no local endpoint named {target.endpoint}",
                                fix=f"start it: doit debug spec={target.spec_path}")
@@ -679,8 +677,7 @@ def show(target: Target) -> None:
     router = endpoint_stage.find_router(target.endpoint)
     for described in deployments:
         described.update(lifecycle.offered_swagger(described))
-    described_endpoint = lifecycle.render_endpoint(target.endpoint, endpoint_data,
-                                                   sorted(deployments, key=lambda d: d["name"]),
+    described_endpoint = lifecycle.render_endpoint(target.endpoint, endpoint_data, deployments,
                                                    router.base_uri if router else None)
     print(json.dumps(described_endpoint, indent=2))
 

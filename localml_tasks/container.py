@@ -115,6 +115,12 @@ def _code_and_model_mounts(deployment: Deployment) -> list[dict[str, Any]]:
     return mounts
 
 
+def inference_server_routes(port: int) -> dict[str, dict[str, Any]]:
+    """azmlinfsrv's routes, fixed as in Azure: POST /score, and GET / for liveness and readiness."""
+    return {"scoring": {"path": "/score", "port": port}, "readiness": {"path": "/", "port": port},
+            "liveness": {"path": "/", "port": port}}
+
+
 def server_command(debugger: bool, wait: bool) -> dict[str, Any]:
     """What the supervisor runs: azmlinfsrv as Azure runs it, or its app in one process under debugpy."""
     if debugger:
@@ -161,8 +167,7 @@ def render_container(
     mounts.append({"source": str(runtime_dir), "target": RUNTIME_DIR, "read_only": False})
     command = ["python", f"{BIN_DIR}/supervisor.py", RUNTIME_DIR]  # as the image's CMD
     labels = {**_labels(deployment, devcontainer_folder, gpu), LABEL_CODE_TARGET: code_target}
-    routes = {"scoring": {"path": "/score", "port": CONTAINER_PORT},
-              "readiness": {"path": "/", "port": CONTAINER_PORT}, "liveness": {"path": "/", "port": CONTAINER_PORT}}
+    routes = inference_server_routes(CONTAINER_PORT)
     # a new supervisor (a localml upgrade) needs a new container
     config_hash = _config_hash(image=image_tag, image_id=image_id, command=command, env=environment, mounts=mounts,
                                labels=labels, gpu=gpu, supervisor=hashlib.sha256(SUPERVISOR.read_bytes()).hexdigest())

@@ -21,6 +21,7 @@ import requests
 
 from .container import LOOPBACK, pick_port
 from .errors import LocalmlError
+from .process_runtime import wait_until_gone
 from .router_server import STATUS_PATH
 from .server import process_is_alive
 from .state import read_json, state_root, write_json_if_changed
@@ -152,9 +153,7 @@ def stop_router(endpoint: str) -> int | None:
         os.kill(pid, 15)
     except ProcessLookupError:
         return None
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and process_is_alive(pid):
-        time.sleep(0.05)
+    wait_until_gone([pid], timeout_s=5)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # when this very process started it
     return pid

@@ -24,6 +24,7 @@ from .container import (
     LABEL_SCORING_PORT,
     LABEL_SPEC,
     LOOPBACK,
+    inference_server_routes,
 )
 
 if TYPE_CHECKING:
@@ -44,9 +45,7 @@ def describe_deployment(container: Container) -> dict[str, Any]:
     labels = container.labels
     port = int(labels.get(LABEL_SCORING_PORT, "0"))
     data = _json_label(labels.get(LABEL_DEPLOYMENT_DATA))
-    routes = _json_label(labels.get(LABEL_ROUTES)) or {
-        role: {"path": "/score" if role == "scoring" else "/", "port": port}
-        for role in ("scoring", "readiness", "liveness")}
+    routes = _json_label(labels.get(LABEL_ROUTES)) or inference_server_routes(port)
     custom = labels.get(LABEL_CUSTOM) == "1"
     return {
         "name": labels.get(LABEL_DEPLOYMENT),
@@ -56,8 +55,6 @@ def describe_deployment(container: Container) -> dict[str, Any]:
         "runtime": "custom container" if custom else "container",
         "provisioning_state": provisioning_state(container),
         "scoring_uri": _uri(routes["scoring"]),
-        # a custom container's own server may offer none; show() asks the server
-        "swagger_uri": None if custom else f"http://{LOOPBACK}:{port}/swagger.json",
         "readiness_uri": _uri(routes["readiness"]),
         "liveness_uri": _uri(routes["liveness"]),
         "routes": routes,
