@@ -6,7 +6,9 @@ prints one line saying what it did. tasks.py wires them into doit.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,12 +25,13 @@ from . import devcontainer, docker_engine, health, image, invoke, lifecycle, pro
 from . import endpoint as endpoint_stage
 from .config import ProjectConfig, load_project_config
 from .environment import ResolvedEnvironment, resolve_environment
-from .errors import LocalmlError
+from .errors import LocalmlError, Problem
 from .overrides import Overrides
 from .spec import Deployment, load_deployment
 from .state import current_file, deployment_dir, read_json, write_json_if_changed
 
 out = Console(highlight=False, soft_wrap=True)
+_errors = Console(stderr=True, highlight=False, soft_wrap=True)
 COMMAND_STARTED = time.time()  # tells "started by this command" from "was already running"
 
 
@@ -38,18 +41,26 @@ class ServerMode:
 
     debugger: bool = True
     wait: bool = False  # wait for a debugger to attach before init() runs
-
-    @property
-    def command(self) -> dict[str, Any]:
-        return container_stage.server_command(self.debugger, self.wait and self.debugger)
+    keep_state: bool = False  # keep init()'s globals across reloads that leave init() and the model alone
+    restart: bool = False  # a new server process, even where a reload in place would do
 
     def command_for(self, running: Running, target: Target) -> dict[str, Any]:
+        deployment = target.resolved()
         if running.kind == "container":
-            return self.command
+            return container_stage.server_command(deployment, self.debugger, self.wait and self.debugger)
         record = process_runtime.read_record(target.state_dir)
         assert record is not None
-        return process_runtime.server_command(Path(record.venv), record.scoring_port, record.debug_port,
+        return process_runtime.server_command(deployment, Path(record.venv), record.scoring_port, record.debug_port,
                                               target.runtime_dir, self.debugger, self.wait)
+
+    @classmethod
+    def as_running(cls, target: Target) -> ServerMode:
+        """The mode of the server running now (its command file): what watch keeps while it reloads."""
+        command = read_json(target.runtime_dir / server.COMMAND_FILE_NAME) or {}
+        env = command.get("env") or {}
+        return cls(debugger=command.get("reload") == "debug-server" and env.get("LOCALML_DEBUGGER") != "0",
+                   wait=env.get("LOCALML_DEBUG_WAIT") == "1",
+                   keep_state=bool((command.get("settings") or {}).get("keep_state")))
 
     def describe(self) -> str:
         if not self.debugger:
@@ -286,7 +297,9 @@ def start_container(target: Target, mode: ServerMode, gpu: bool = False) -> None
                            f"{routes['scoring']['path']} on {container_stage.LOOPBACK}:{ports['scoring']}")
         return
     server.clear_status(target.runtime_dir)
-    server.write_command(target.runtime_dir, mode.command)
+    server.write_command(target.runtime_dir,
+                         container_stage.server_command(target.resolved(), mode.debugger, mode.wait and mode.debugger),
+                         keep_state=mode.keep_state)
     started, ports, reason = container_stage.start(spec)
     server.wait_for_supervisor(server.ContainerHost(started), target.runtime_dir)
     _line("container", f"{reason} {spec.name} ({started.short_id}): scoring on "
@@ -377,8 +390,10 @@ def start_process(target: Target, mode: ServerMode) -> None:
     debug = container_stage.pick_port(previous.debug_port if previous else container_stage.FIRST_DEBUG_PORT,
                                       taken | {scoring})
     server.clear_status(target.runtime_dir)
-    command = process_runtime.server_command(venv, scoring, debug, target.runtime_dir, mode.debugger, mode.wait)
-    record = process_runtime.start(deployment, venv, target.state_dir, target.runtime_dir, scoring, debug, command)
+    command = process_runtime.server_command(deployment, venv, scoring, debug, target.runtime_dir, mode.debugger,
+                                             mode.wait)
+    server.write_command(target.runtime_dir, command, keep_state=mode.keep_state)
+    record = process_runtime.start(deployment, venv, target.state_dir, target.runtime_dir, scoring, debug)
     server.wait_for_supervisor(record.host(f"the process of {target.deployment}"), target.runtime_dir)
     _line("process", f"{reason} (pid {record.supervisor_pid}): scoring on {container_stage.LOOPBACK}:{scoring}, "
                      f"debug port {debug}")
@@ -399,6 +414,8 @@ def watched_files(target: Target) -> list[str]:
 
 
 def server_is_current(target: Target, mode: ServerMode) -> bool:
+    if mode.restart:
+        return False
     try:
         running = _running(target, required=False)
     except LocalmlError:
@@ -409,12 +426,24 @@ def server_is_current(target: Target, mode: ServerMode) -> bool:
     if running is not None and status is not None and running.host.owns(status) \
             and status.started_at >= COMMAND_STARTED:
         return False  # the container (or process) stage started it just now: the action says so
-    return running is not None and server.is_running_in(running.host, target.runtime_dir,
-                                                        mode.command_for(running, target))
+    settings = (read_json(target.runtime_dir / server.COMMAND_FILE_NAME) or {}).get("settings") or {}
+    return running is not None and settings.get("keep_state", False) == mode.keep_state \
+        and server.is_running_in(running.host, target.runtime_dir, mode.command_for(running, target))
+
+
+def keeps_state(target: Target) -> bool:
+    """keep_state as this deployment's server last had it (remembered in its command file)."""
+    command = read_json(target.runtime_dir / server.COMMAND_FILE_NAME) or {}
+    return bool((command.get("settings") or {}).get("keep_state"))
+
+
+RELOAD_FIX = ("fix it and save again: the server stays up (answering 503 with this error until then) and reloads "
+              "in place, the debugger still attached")
 
 
 def refresh_server(target: Target, mode: ServerMode, changed: list[str]) -> None:
-    """Reload the server process when code or model changed, its mode changed, or it is not running."""
+    """Bring the server up to date: code or model changed → a reload inside the running process; its mode
+    changed, restart=1, or it is not running → a new server process."""
     running = _running(target)
     assert running is not None
     if running.custom:
@@ -423,24 +452,84 @@ def refresh_server(target: Target, mode: ServerMode, changed: list[str]) -> None
     command = mode.command_for(running, target)
     status = server.read_status(target.runtime_dir)
     mine = status is not None and running.host.owns(status)
-    if mine and status.generation == 1 and status.started_at >= COMMAND_STARTED and status.command == command:
+    if mine and status.generation == 1 and status.started_at >= COMMAND_STARTED \
+            and server.runs_command(status, command):
         _line("server", f"started {mode.describe()} with the current code and model (new {running.kind})")
         _await_debugger_port(running, target, mode)
         return
-    if mine and status.state == "exited":
-        why = f"it had exited with code {status.exit_code}"
-    elif mine and status.command != command:
-        why = f"now {mode.describe()}"
-    elif changed:
-        names = [_relative_to_spec(target, path) for path in changed]
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        why = f"{shown} changed"
-    else:
-        why = "it was not running"
-    started = time.perf_counter()
-    server.reload(running.host, target.runtime_dir, command)
-    _line("server", f"reloaded in place — {why} (restart took {(time.perf_counter() - started) * 1000:.0f} ms)")
-    _await_debugger_port(running, target, mode)
+    if not mine or status.state == "exited" or not server.runs_command(status, command) or mode.restart:
+        if mine and status.state == "exited":
+            why = f"it had exited with code {status.exit_code}"
+        elif mine and not server.runs_command(status, command):
+            why = f"now {mode.describe()}"
+        else:
+            why = "restart=1" if mode.restart else "it was not running"
+        reload_server(target, running, mode, changed, restart=mode.restart, why=why)
+        return
+    load = server.read_load(target.runtime_dir)
+    if load and load.pid == status.pid:
+        # what was saved since the server last loaded the script decides: doit's list is empty when another
+        # check decided first, forgets everything after a failed reload, and `doit watch` may have reloaded
+        saved = [path for path in (changed or watched_files(target)) if not _all_saved_before([path], load.started_at)]
+        if not saved and load.outcome == "failed":
+            raise load_failure(load, "nothing saved since")
+        if not saved and changed:
+            _line("server", f"up to date — the running server loaded {_changed_names(target, changed)} already")
+        changed = saved
+    if changed:
+        reload_server(target, running, mode, changed)
+    elif keeps_state(target) != mode.keep_state:
+        server.write_command(target.runtime_dir, command, keep_state=mode.keep_state)
+        _line("server", "keep_state=1: reloads that leave init() and the model alone keep init()'s state"
+              if mode.keep_state else "keep_state=0: init() runs on every reload")
+
+
+def _all_saved_before(paths: list[str], moment: float) -> bool:
+    try:
+        return all(os.stat(path).st_mtime < moment for path in paths)
+    except OSError:
+        return False  # a file went away: the server has not seen that
+
+
+def _changed_names(target: Target, changed: list[str]) -> str:
+    names = [_relative_to_spec(target, path) for path in changed]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def reload_server(target: Target, running: Running, mode: ServerMode, changed: list[str], *,
+                  restart: bool = False, why: str = "") -> None:
+    """Reload the scoring script inside the running server (or start a new server process where the
+    supervisor must) and say what happened; a script that fails to load is the error raised."""
+    deployment = target.resolved()
+    command = mode.command_for(running, target)
+    refreshed = server.refresh(running.host, target.runtime_dir, command, keep_state=mode.keep_state,
+                               restart=restart, timeout_s=max(60.0, health.probe_deadline(deployment.readiness_probe)))
+    what = f"{_changed_names(target, changed)} changed" if changed else why
+    if refreshed.exited:
+        status = server.read_status(target.runtime_dir)
+        raise health.failure_error(f"the server stopped during the reload ({what})",
+                                   running.read_log(status.started_at - 1 if status else None), running.path_map,
+                                   fix="fix the error above and run doit debug again; the whole log: doit logs")
+    if not refreshed.in_place:
+        again = "; a debugger attached before must attach again" if mode.debugger else ""
+        _line("server", f"restarted in a new process — {why or refreshed.why} "
+                        f"({refreshed.seconds * 1000:.0f} ms){again}")
+        _await_debugger_port(running, target, mode)
+        return
+    load = refreshed.load
+    assert load is not None
+    if load.outcome == "failed":
+        raise load_failure(load, what)
+    _line("server", f"reloaded in place — {what} ({load.took_ms:.0f} ms; {load.describe_init()})")
+
+
+def load_failure(load: server.LoadOutcome, what: str = "") -> LocalmlError:
+    """The error for a scoring script that failed to load: where in the user's code, and the traceback."""
+    where = f" in {load.function}()" if load.function else ""
+    trace = "\n    ".join(load.traceback.rstrip().splitlines())
+    because = f" ({what})" if what else ""
+    return LocalmlError([Problem(f"the scoring script failed to load{because}{where}: {load.message}\n    {trace}",
+                                 file=load.file, line=load.line, fix=RELOAD_FIX)])
 
 
 def _restart_custom_container(target: Target, running: Running, changed: list[str]) -> None:
@@ -554,8 +643,13 @@ def check_health(target: Target) -> None:
         owned = status is not None and not running.custom and running.host.owns(status)
         return running.read_log(status.started_at - 1 if owned and status else None)
 
+    def script_failure() -> LocalmlError | None:
+        load = server.read_load(target.runtime_dir)
+        return load_failure(load) if load and load.outcome == "failed" else None
+
     seconds = health.wait_until_healthy(running.uri("readiness"), probe=deployment.readiness_probe, is_alive=alive,
-                                        read_log=log_of_this_start, path_map=running.path_map, label="health")
+                                        read_log=log_of_this_start, path_map=running.path_map, label="health",
+                                        script_failure=script_failure)
     health.check_liveness(running.uri("liveness"), deployment.liveness_probe)
     status = server.read_status(target.runtime_dir)
     if not running.custom and status and running.host.owns(status) and status.started_at >= COMMAND_STARTED:
@@ -597,28 +691,52 @@ def update_endpoint(target: Target) -> None:
 
 
 def watch_deployment(target: Target) -> None:
-    """Follow saves until Ctrl-C: each settled change runs the debug chain again."""
+    """Follow saves until Ctrl-C: code and model edits reload inside the running server, at once; an edit
+    of the YAML or the conda file runs the debug chain again."""
     # bring it up first (a broken start is reported, and the next save is the fix)
     watch.run_debug_chain(target.spec_path, target.endpoint_yaml, target.overrides.argv())
-    resolved = read_json(target.resolved_file) or {}
     endpoint_yaml = str(target.endpoint_yaml) if target.endpoint_yaml else None
 
-    def files() -> list[str]:
-        return watch.deployment_files(read_json(target.resolved_file) or resolved, target.spec_path, endpoint_yaml)
+    def watched() -> tuple[list[str], list[str]]:
+        return watch.folders_and_files(read_json(target.resolved_file) or {}, target.spec_path, endpoint_yaml)
 
-    def on_change(changed: list[str]) -> None:
-        names = [_relative_to_spec(target, path) for path in changed]
-        _line("watch", f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''} changed")
+    folders, files = watched()
+    model_file = {path for path in files if path == (read_json(target.resolved_file) or {}).get("model_path")}
+
+    def on_change(in_folders: list[str], among_files: list[str]) -> None:
+        changed = in_folders + among_files
+        if set(among_files) <= model_file and _reload_after_save(target, changed):
+            return
+        _line("watch", f"{_changed_names(target, changed)} changed")
         if watch.run_debug_chain(target.spec_path, target.endpoint_yaml, target.overrides.argv()) != 0:
             _line("watch", "not healthy: fix the error above and save again")
         else:
             _line("watch", "ready — waiting for changes (Ctrl-C stops)")
 
-    _line("watch", f"watching {len(files())} files of {target.deployment} (Ctrl-C stops)")
+    _line("watch", f"watching {', '.join(_display(Path(f)) for f in folders)} for saves, and "
+                   f"{', '.join(_display(Path(f)) for f in files)} (Ctrl-C stops)")
+    with contextlib.suppress(KeyboardInterrupt):
+        watch.watch(folders, lambda: watched()[1], on_change)
+    _line("watch", "stopped")
+
+
+def _reload_after_save(target: Target, changed: list[str]) -> bool:
+    """Code or model saved: reload inside the server as it runs now (same debugger, same keep_state).
+    False when there is no server of ours running to reload: the debug chain then brings one up."""
     try:
-        watch.watch(files, on_change)
-    except KeyboardInterrupt:
-        _line("watch", "stopped")
+        running = _running(target, required=False)
+    except LocalmlError:
+        return False
+    status = server.read_status(target.runtime_dir)
+    if running is None or running.custom or status is None or not running.host.owns(status) \
+            or status.state != "running":
+        return False
+    try:
+        reload_server(target, running, ServerMode.as_running(target), changed)
+    except LocalmlError as exc:
+        _errors.print(exc.render(), markup=False)
+        _line("watch", "the server keeps running: fix the error above and save again")
+    return True
 
 
 # --- around the endpoint ------------------------------------------------------------
@@ -637,6 +755,10 @@ def invoke_endpoint(target: Target, request_path: Path, named: str | None) -> No
     result = invoke.post(url, payload, timeout_s=timeout_s,
                          headers={invoke.DEPLOYMENT_HEADER: named} if named else None)
     answered = result.deployment
+    if result.script_failed and answered:
+        load = server.read_load(Target(target.spec_path, target.endpoint, answered).runtime_dir)
+        if load and load.outcome == "failed":
+            raise load_failure(load, f"deployment {answered} answered {result.status}")
     if not 200 <= result.status < 300:
         # the server answers "check the logs": we do, and show the traceback through run()
         running = _running(Target(target.spec_path, target.endpoint, answered), required=False) if answered else None

@@ -121,14 +121,16 @@ def inference_server_routes(port: int) -> dict[str, dict[str, Any]]:
             "liveness": {"path": "/", "port": port}}
 
 
-def server_command(debugger: bool, wait: bool) -> dict[str, Any]:
-    """What the supervisor runs: azmlinfsrv as Azure runs it, or its app in one process under debugpy."""
+def server_command(deployment: Deployment, debugger: bool, wait: bool) -> dict[str, Any]:
+    """What the supervisor runs: azmlinfsrv as Azure runs it (reloaded by gunicorn's own HUP), or its app in
+    one process under debugpy (reloaded in that process)."""
     if debugger:
+        code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
         return debug_server_command("python", f"{BIN_DIR}/debug_server.py", server_port=CONTAINER_PORT,
                                     debug_port=DEBUG_CONTAINER_PORT, runtime_dir=RUNTIME_DIR, debugger=True,
-                                    wait=wait)
+                                    wait=wait, code_dir=code_target, host_code_dir=deployment.code_dir)
     script = f'exec azmlinfsrv --entry_script "$AML_APP_ROOT/$AZUREML_ENTRY_SCRIPT" --port {CONTAINER_PORT}'
-    return {"argv": ["sh", "-c", script], "env": {}}
+    return {"argv": ["sh", "-c", script], "env": {}, "reload": "gunicorn"}
 
 
 def _labels(deployment: Deployment, devcontainer_folder: Path, gpu: bool) -> dict[str, str]:

@@ -18,6 +18,8 @@ from rich.console import Console
 
 from .errors import LocalmlError, Problem
 
+FAILED_HEADER = "x-localml-script"  # the debug server's 503 answers while the scoring script cannot load
+
 POLL_INTERVAL_S = 0.25
 console = Console(highlight=False)
 
@@ -151,11 +153,13 @@ def wait_until_healthy(
     read_log: Callable[[], str],
     path_map: dict[str, str],
     label: str,
+    script_failure: Callable[[], LocalmlError | None] = lambda: None,
 ) -> float:
     """Poll url until 200 within the readiness probe's limits; returns seconds taken.
 
     Polls from the start, not only after initial_delay: a server that is ready sooner is reported
-    sooner. Raises LocalmlError with the cause otherwise."""
+    sooner. A server that answers that its scoring script failed to load (script_failure says why) is
+    reported at once. Raises LocalmlError with the cause otherwise."""
     started = time.monotonic()
     deadline_s = probe_deadline(probe)
     last_problem = "no answer yet"
@@ -166,6 +170,10 @@ def wait_until_healthy(
                 answer = requests.get(url, timeout=max(probe.timeout, 1))
                 if answer.status_code == 200:
                     return time.monotonic() - started
+                if answer.status_code == 503 and answer.headers.get(FAILED_HEADER) == "failed":
+                    error = script_failure()
+                    if error is not None:
+                        raise error
                 last_problem = f"it answered {answer.status_code}"
             except requests.Timeout:
                 last_problem = f"a probe got no answer within {probe.timeout} s"

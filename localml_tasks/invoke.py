@@ -11,7 +11,7 @@ from typing import Any
 import requests
 
 from .errors import LocalmlError, Problem
-from .health import Cause
+from .health import FAILED_HEADER, Cause
 from .router_server import DEPLOYMENT_HEADER
 
 
@@ -21,6 +21,7 @@ class InvokeResult:
     latency_ms: float
     body: Any  # parsed JSON when the answer is JSON, else text
     deployment: str | None = None  # who answered (the endpoint's azureml-model-deployment header)
+    script_failed: bool = False  # the debug server's 503: the scoring script failed to load
 
 
 def read_request(path: Path) -> Any:
@@ -52,7 +53,8 @@ def post(url: str, payload: Any, *, timeout_s: float, headers: dict[str, str] | 
     except ValueError:
         body = answer.text
     return InvokeResult(status=answer.status_code, latency_ms=latency_ms, body=body,
-                        deployment=answer.headers.get(DEPLOYMENT_HEADER))
+                        deployment=answer.headers.get(DEPLOYMENT_HEADER),
+                        script_failed=answer.status_code == 503 and answer.headers.get(FAILED_HEADER) == "failed")
 
 
 def error_for(result: InvokeResult, url: str, cause: Cause | None, deployment: str | None = None) -> LocalmlError:

@@ -157,20 +157,20 @@ def config_hash(deployment: Deployment, venv: Path) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def server_command(venv: Path, scoring_port: int, debug_port: int, runtime_dir: Path, debugger: bool,
-                   wait: bool) -> dict:
+def server_command(deployment: Deployment, venv: Path, scoring_port: int, debug_port: int, runtime_dir: Path,
+                   debugger: bool, wait: bool) -> dict:
     """The server in one process bound to 127.0.0.1 (azmlinfsrv itself would bind every interface)."""
     return debug_server_command(str(venv / "bin" / "python"), str(IN_CONTAINER / "debug_server.py"),
                                 server_port=scoring_port, debug_port=debug_port,
                                 runtime_dir=str(runtime_dir.resolve()), debugger=debugger, wait=wait,
+                                code_dir=deployment.code_dir, host_code_dir=deployment.code_dir,
                                 bind_host="127.0.0.1")
 
 
 def start(deployment: Deployment, venv: Path, state_dir: Path, runtime_dir: Path, scoring_port: int,
-          debug_port: int, command: dict) -> ProcessRecord:
-    """Start the supervisor in its own session, with its output in runtime/server.log."""
+          debug_port: int) -> ProcessRecord:
+    """Start the supervisor (it runs runtime/command.json) in its own session, its output in runtime/server.log."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    write_json_if_changed(runtime_dir / "command.json", command)
     log_file = runtime_dir / "server.log"
     with open(log_file, "ab") as log:
         process = subprocess.Popen(

@@ -1,9 +1,12 @@
-"""Stage 5 — the server: reload it in place when code or model change.
+"""Stage 5 — the server: bring it up to date with the code and the model, inside the running process.
 
 Our supervisor (in_container/supervisor.py) runs the server: as process 1 of the container, or as a
-background process on this machine in process mode. SIGHUP makes it start a fresh server process,
-so edits are live without an image build or a container recreate. It reports what runs in a status
-file in a folder it shares with localml (.localml/.../runtime/). A SupervisorHost says where it runs.
+background process on this machine in process mode. SIGHUP asks it to bring the server up to date
+with command.json: in place when the same command runs (the debug server loads the scoring script
+again in its own process, so the debugger stays attached; gunicorn replaces its workers), in a new
+process when the command changed or the server had exited. The supervisor reports what runs in
+status.json, and each load of the scoring script in reload.json, in a folder it shares with localml
+(.localml/.../runtime/). A SupervisorHost says where it runs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import LocalmlError
-from .state import write_json_if_changed
+from .state import read_json, write_json_if_changed
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 STATUS_FILE_NAME = "status.json"
 COMMAND_FILE_NAME = "command.json"
 DEBUGPY_FILE_NAME = "debugpy.json"
+RELOAD_FILE_NAME = "reload.json"
 SKIPPED_DIRS = {"__pycache__", ".git", ".ipynb_checkpoints", ".pytest_cache", ".mypy_cache", ".localml"}
 
 
@@ -39,6 +43,7 @@ class ServerStatus:
     pid: int | None
     started_at: float  # when this generation's server process was started
     command: dict[str, Any]  # {"argv": [...], "env": {...}} it was started with
+    why: str = ""  # why this generation was started
 
 
 
@@ -115,7 +120,8 @@ def read_status(runtime_dir: Path) -> ServerStatus | None:
                             generation=int(data["generation"]), state=data["state"],
                             exit_code=data.get("exit_code"), pid=data.get("pid"),
                             started_at=float(data["started_at"]),
-                            command={"argv": data.get("argv", []), "env": data.get("env", {})})
+                            command={"argv": data.get("argv", []), "env": data.get("env", {})},
+                            why=str(data.get("why") or ""))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
@@ -125,26 +131,108 @@ def clear_status(runtime_dir: Path) -> None:
     (runtime_dir / STATUS_FILE_NAME).unlink(missing_ok=True)
 
 
-def write_command(runtime_dir: Path, command: dict[str, Any]) -> None:
-    """What the supervisor runs at its next start or reload (debugger on/off, wait for it)."""
+def write_command(runtime_dir: Path, command: dict[str, Any], *, keep_state: bool = False,
+                  restart: bool = False) -> None:
+    """What the supervisor runs at its next start or reload (debugger on/off, wait for it), the settings the
+    server reads at each reload (keep_state), and restart: ask for a new process even if the command is
+    the same (the supervisor compares the counter)."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    write_json_if_changed(runtime_dir / COMMAND_FILE_NAME, command)
+    previous = read_json(runtime_dir / COMMAND_FILE_NAME) or {}
+    counter = int(previous.get("restart") or 0) + (1 if restart else 0)
+    write_json_if_changed(runtime_dir / COMMAND_FILE_NAME,
+                          {**command, "settings": {"keep_state": keep_state}, "restart": counter})
 
 
 def debug_server_command(python: str, script: str, *, server_port: int, debug_port: int, runtime_dir: str,
-                         debugger: bool, wait: bool, bind_host: str | None = None) -> dict[str, Any]:
-    """in_container/debug_server.py: azmlinfsrv's app in one process, under debugpy unless debugger is off.
-    bind_host None: the debug server's default (every interface: inside a container, Docker publishes
-    the port on 127.0.0.1 only)."""
+                         debugger: bool, wait: bool, code_dir: str, host_code_dir: str,
+                         bind_host: str | None = None) -> dict[str, Any]:
+    """in_container/debug_server.py: azmlinfsrv's app in one process, under debugpy unless debugger is off;
+    reloaded in place by SIGUSR1. code_dir: the code folder as the server sees it (its modules are dropped
+    on a reload); host_code_dir: the same folder on this machine (tracebacks name it). bind_host None: the
+    debug server's default (every interface: inside a container, Docker publishes the port on 127.0.0.1 only)."""
     env = {"LOCALML_SERVER_PORT": str(server_port), "LOCALML_DEBUG_PORT": str(debug_port),
-           "LOCALML_RUNTIME_DIR": runtime_dir}
+           "LOCALML_RUNTIME_DIR": runtime_dir, "LOCALML_CODE_DIR": code_dir}
+    if host_code_dir != code_dir:
+        env["LOCALML_PATH_MAP"] = json.dumps({code_dir: host_code_dir})
     if bind_host:
         env["LOCALML_BIND_HOST"] = bind_host
     if not debugger:
         env["LOCALML_DEBUGGER"] = "0"
     elif wait:
         env["LOCALML_DEBUG_WAIT"] = "1"
-    return {"argv": [python, script], "env": env}
+    return {"argv": [python, script], "env": env, "reload": "debug-server"}
+
+
+@dataclass
+class LoadOutcome:
+    """One load of the scoring script by a server process (reload.json): at its start, or a reload."""
+
+    pid: int
+    started_at: float  # when the load began: files saved before it are in it
+    outcome: str  # loaded | failed | restart (a new process is coming)
+    took_ms: float
+    init: dict[str, Any]  # {"ran": bool, "why": str, "ms": float} or {"ran": False, "kept": [names]}
+    message: str
+    traceback: str
+    file: str | None = None  # where in the user's code a failed load failed (a host path)
+    line: int | None = None
+    function: str | None = None
+
+    def describe_init(self) -> str:
+        if self.init.get("ran", True):
+            timing = f", {self.init['ms']:.0f} ms" if "ms" in self.init else ""
+            return f"init() ran again: {self.init.get('why', '')}{timing}"
+        kept = ", ".join(self.init.get("kept") or []) or "nothing to keep"
+        return f"run() reloaded, init() state kept: {kept}"
+
+
+def read_load(runtime_dir: Path) -> LoadOutcome | None:
+    data = read_json(runtime_dir / RELOAD_FILE_NAME)
+    try:
+        return LoadOutcome(pid=int(data["pid"]), started_at=float(data["started_at"]), outcome=str(data["outcome"]),
+                           took_ms=float(data.get("took_ms") or 0), init=dict(data.get("init") or {}),
+                           message=str(data.get("message") or ""), traceback=str(data.get("traceback") or ""),
+                           file=data.get("file"), line=data.get("line"), function=data.get("function"))
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+@dataclass
+class Refreshed:
+    """What a refresh did: reloaded in place (load says how it went), or started a new process (why)."""
+
+    in_place: bool
+    why: str
+    load: LoadOutcome | None  # None: a new process whose first load is reported by the health stage
+    exited: bool = False  # the server process is gone (a crash during the reload)
+    seconds: float = 0.0
+
+
+def refresh(host: SupervisorHost, runtime_dir: Path, command: dict[str, Any], *, keep_state: bool,
+            restart: bool = False, timeout_s: float = 120.0) -> Refreshed:
+    """Ask the supervisor to bring the server up to date with command; returns once the reload is done (or a
+    new process has started)."""
+    write_command(runtime_dir, command, keep_state=keep_state, restart=restart)
+    before = read_status(runtime_dir)
+    generation = before.generation if before and host.owns(before) else 0
+    clock = time.perf_counter()
+    requested_at = time.time()
+    host.send_reload()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = read_status(runtime_dir)
+        if status and host.owns(status) and status.generation > generation:
+            return Refreshed(False, status.why, None, exited=status.state == "exited",
+                             seconds=time.perf_counter() - clock)
+        if status and host.owns(status) and status.state == "exited":
+            return Refreshed(True, "", None, exited=True, seconds=time.perf_counter() - clock)
+        load = read_load(runtime_dir)
+        if status and load and load.pid == status.pid and load.started_at >= requested_at \
+                and load.outcome in ("loaded", "failed"):
+            return Refreshed(True, "", load, seconds=time.perf_counter() - clock)
+        time.sleep(0.01)
+    raise LocalmlError.one(f"the server in {host.name} did not reload within {timeout_s:.0f} s",
+                           fix="doit logs shows what it is doing; restart=1 starts a new server process")
 
 
 def watched_files(code_dir: str | None, model_path: str | None) -> list[str]:
@@ -166,26 +254,14 @@ def _walk(root: Path) -> Iterator[str]:
                 yield os.path.join(folder, name)
 
 
+def runs_command(status: ServerStatus, command: dict[str, Any]) -> bool:
+    return status.command == {"argv": command["argv"], "env": command["env"]}
+
+
 def is_running_in(host: SupervisorHost, runtime_dir: Path, command: dict[str, Any]) -> bool:
     """This supervisor runs this command, and it has not exited."""
     status = read_status(runtime_dir)
-    return bool(status and host.owns(status) and status.state == "running" and status.command == command)
-
-
-def reload(host: SupervisorHost, runtime_dir: Path, command: dict[str, Any], timeout_s: float = 20.0) -> ServerStatus:
-    """Ask the supervisor for a fresh server process running command; returns once it has started."""
-    write_command(runtime_dir, command)
-    before = read_status(runtime_dir)
-    generation = before.generation if before and host.owns(before) else 0
-    host.send_reload()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = read_status(runtime_dir)
-        if status and host.owns(status) and status.generation > generation:
-            return status
-        time.sleep(0.05)
-    raise LocalmlError.one(f"the server in {host.name} did not restart within {timeout_s:.0f} s",
-                           fix="recreate the container: doit delete, then doit debug")
+    return bool(status and host.owns(status) and status.state == "running" and runs_command(status, command))
 
 
 def wait_for_supervisor(host: SupervisorHost, runtime_dir: Path, timeout_s: float = 30.0) -> ServerStatus:

@@ -48,8 +48,12 @@ def _flag(name: str) -> bool:
     return _var(name).lower() in ("1", "true", "yes", "on")
 
 
-def _mode() -> ServerMode:
-    return ServerMode(debugger=_var("debugger", "1").lower() not in ("0", "false", "no", "off"), wait=_flag("wait"))
+def _mode(target: Target) -> ServerMode:
+    """debugger= and wait= as given now; keep_state= as given, else as this deployment's server last had it."""
+    keep_state = _var("keep_state")
+    return ServerMode(debugger=_var("debugger", "1").lower() not in ("0", "false", "no", "off"), wait=_flag("wait"),
+                      keep_state=_flag("keep_state") if keep_state else actions.keeps_state(target),
+                      restart=_flag("restart"))
 
 
 def _runtime() -> tuple[str, bool]:
@@ -181,7 +185,7 @@ def task_container() -> Iterator[dict[str, Any]]:
         gpu = _flag("gpu")  # request the machine's GPUs (checked with nvidia-smi first)
         yield {
             "name": target.deployment,
-            "actions": [_guard(actions.start_container, target, _mode(), gpu)],
+            "actions": [_guard(actions.start_container, target, _mode(target), gpu)],
             "task_dep": [f"image:{target.deployment}"],
             "file_dep": [target.resolved_file],
             "uptodate": [(actions.container_is_current, [target, gpu])],
@@ -194,7 +198,7 @@ def task_process() -> Iterator[dict[str, Any]]:
     if target and _runtime()[0] == "process":
         yield {
             "name": target.deployment,
-            "actions": [_guard(actions.start_process, target, _mode())],
+            "actions": [_guard(actions.start_process, target, _mode(target))],
             "task_dep": [f"venv:{target.deployment}"],
             "file_dep": [target.resolved_file],
             "uptodate": [(actions.process_is_current, [target])],
@@ -202,10 +206,10 @@ def task_process() -> Iterator[dict[str, Any]]:
 
 
 def task_server() -> Iterator[dict[str, Any]]:
-    """Reload the server in place when code or model files changed (no image build, no new container)."""
+    """Reload the scoring script inside the running server when code or model changed (keep_state=1, restart=1)."""
     target = _target()
     if target:
-        mode = _mode()
+        mode = _mode(target)
         yield {
             "name": target.deployment,
             "actions": [_guard_with_changes(actions.refresh_server, target, mode)],
