@@ -1,9 +1,12 @@
 """Watch mode: save a file, the endpoint follows.
 
-Polls the deployment's files (code, model, YAML, conda file) and, once a change has settled,
-runs the same `debug` chain in a child process: code and model edits reload the server in
-place, a YAML edit recreates the container, a conda edit rebuilds the image. Polling needs no
-extra dependency and works on every file system, bind mounts and network shares included.
+The code folder and the model are watched through the operating system's file events (watchfiles,
+as uvicorn uses it), so a save is seen within tens of milliseconds; editor swap and backup files,
+__pycache__, .git and the like are ignored, and a burst of saves (format-on-save, a git checkout)
+settles into one change. Such a change reloads the scoring script inside the running server.
+The few configuration files (deployment YAML, endpoint YAML, conda file) and a model given as a
+single file are checked by their size and time on every wake-up: a change there runs the whole
+`debug` chain in a child process (a YAML edit recreates the container, a conda edit rebuilds the image).
 """
 
 from __future__ import annotations
@@ -11,19 +14,29 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .server import watched_files
+from watchfiles import DefaultFilter
+from watchfiles import watch as file_events
 
-POLL_S = 0.3
-SETTLE_S = 0.3  # editors write in several steps: wait until the files stop changing
+from .server import SKIPPED_DIRS
+
+SETTLE_MS = 50  # a change is reported once the files have been quiet this long ...
+LONGEST_BURST_MS = 1600  # ... or after this long, if saves keep coming
+CONFIG_CHECK_MS = 300  # how often the configuration files are looked at when nothing else happens
 
 Signature = dict[str, tuple[int, int]]
 
+IGNORED = DefaultFilter(
+    ignore_dirs=sorted({*DefaultFilter.ignore_dirs, *SKIPPED_DIRS}),
+    # vim probes a folder by writing 4913 in it; Emacs lock files start with .#
+    ignore_entity_patterns=[*DefaultFilter.ignore_entity_patterns, r"^4913$", r"\.tmp$"],
+)
 
-def signature(paths: list[str]) -> Signature:
+
+def signature(paths: Sequence[str]) -> Signature:
     out: Signature = {}
     for path in paths:
         try:
@@ -39,33 +52,40 @@ def changed_paths(before: Signature, after: Signature) -> list[str]:
 
 
 def watch(
-    files: Callable[[], list[str]],
-    on_change: Callable[[list[str]], None],
+    folders: Sequence[str],
+    polled: Callable[[], list[str]],
+    on_change: Callable[[list[str], list[str]], None],
     *,
-    stop_after: float | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Call on_change(changed) after each settled change; until Ctrl-C (or stop_after seconds)."""
-    started = time.monotonic()
-    current = signature(files())
-    while stop_after is None or time.monotonic() - started < stop_after:
-        time.sleep(POLL_S)
-        latest = signature(files())
-        if latest == current:
-            continue
-        while True:  # debounce
-            time.sleep(SETTLE_S)
-            settled = signature(files())
-            if settled == latest:
-                break
-            latest = settled
-        changed = changed_paths(current, latest)
+    """Call on_change(changed in folders, changed among polled files) after each settled change, until
+    Ctrl-C (or stop is set). folders are watched by file events, polled() files by their stat."""
+    current = signature(polled())
+    if not folders:  # nothing to watch by events: the polled files alone
+        while not (stop and stop.wait(CONFIG_CHECK_MS / 1000)):
+            latest = signature(polled())
+            if latest != current:
+                changed, current = changed_paths(current, latest), latest
+                on_change([], changed)
+        return
+    for events in file_events(*folders, watch_filter=IGNORED, step=SETTLE_MS, debounce=LONGEST_BURST_MS,
+                              rust_timeout=CONFIG_CHECK_MS, yield_on_timeout=True, stop_event=stop):
+        latest = signature(polled())
+        changed_files = changed_paths(current, latest)
         current = latest
-        on_change(changed)
+        changed_in_folders = sorted({path for _, path in events})
+        if changed_in_folders or changed_files:
+            on_change(changed_in_folders, changed_files)
 
 
-def deployment_files(resolved: dict, spec_path: Path, endpoint_yaml: str | None) -> list[str]:
-    extra = [str(spec_path), resolved.get("conda_file"), resolved.get("endpoint_path") or endpoint_yaml]
-    return watched_files(resolved.get("code_dir"), resolved.get("model_path")) + [p for p in extra if p]
+def folders_and_files(resolved: dict, spec_path: Path, endpoint_yaml: str | None) -> tuple[list[str], list[str]]:
+    """(folders watched by events: code and model, files polled: the configuration, and a one-file model)."""
+    model = resolved.get("model_path")
+    folders = [p for p in (resolved.get("code_dir"), model) if p and os.path.isdir(p)]
+    files = [str(spec_path), resolved.get("conda_file"), resolved.get("endpoint_path") or endpoint_yaml]
+    if model and not os.path.isdir(model):
+        files.append(model)
+    return folders, [p for p in files if p]
 
 
 def run_debug_chain(spec_path: Path, endpoint_yaml: Path | None, overrides: Sequence[str] = ()) -> int:
