@@ -215,6 +215,8 @@ def refresh(host: SupervisorHost, runtime_dir: Path, command: dict[str, Any], *,
     write_command(runtime_dir, command, keep_state=keep_state, restart=restart)
     before = read_status(runtime_dir)
     generation = before.generation if before and host.owns(before) else 0
+    # an exit that was already reported is what the new process is for, not the reload's outcome
+    exited_before = bool(before and host.owns(before) and before.state == "exited")
     clock = time.perf_counter()
     requested_at = time.time()
     host.send_reload()
@@ -224,7 +226,7 @@ def refresh(host: SupervisorHost, runtime_dir: Path, command: dict[str, Any], *,
         if status and host.owns(status) and status.generation > generation:
             return Refreshed(False, status.why, None, exited=status.state == "exited",
                              seconds=time.perf_counter() - clock)
-        if status and host.owns(status) and status.state == "exited":
+        if status and host.owns(status) and status.state == "exited" and not exited_before:
             return Refreshed(True, "", None, exited=True, seconds=time.perf_counter() - clock)
         load = read_load(runtime_dir)
         if status and load and load.pid == status.pid and load.started_at >= requested_at \

@@ -34,6 +34,7 @@ import linecache
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 import traceback
@@ -153,11 +154,11 @@ def _describe_failure(exc, code_dir):
     return {"message": _to_host_paths(message, path_map), "traceback": _to_host_paths(text, path_map), **where}
 
 
-def _global_names(function):
-    """The names init() declares `global`: the state it leaves for run()."""
+def _global_names(source):
+    """The names a function's source declares `global` (for init(): the state it leaves for run())."""
     try:
-        tree = ast.parse(inspect.getsource(function).lstrip())
-    except (OSError, TypeError, SyntaxError):
+        tree = ast.parse(textwrap.dedent(source))
+    except SyntaxError:
         return []
     names = []
     for node in ast.walk(tree):
@@ -292,8 +293,9 @@ class ScriptHost:
             return None
         if model_signature is None or model_signature != self.model_signature:
             return None
+        # init()'s source is the same as the old one's: the names it declares global are the same too
         old_globals = old_script._user_init.__globals__
-        return [name for name in _global_names(old_script._user_init) if name in old_globals]
+        return [name for name in _global_names(init_source) if name in old_globals]
 
     def _why_init_runs(self, old_script, init_source, model_signature):
         if not _settings(self.runtime_dir).get("keep_state"):
