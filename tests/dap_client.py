@@ -9,7 +9,13 @@ import queue
 import socket
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+if TYPE_CHECKING:
+    from conftest import Project
 
 
 class DapClient:
@@ -29,9 +35,16 @@ class DapClient:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen_events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
+        self.disconnected = threading.Event()  # the adapter closed the connection
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
+        try:
+            self._read_messages()
+        finally:
+            self.disconnected.set()
+
+    def _read_messages(self) -> None:
         buffer = b""
         while True:
             try:
@@ -109,7 +122,48 @@ class DapClient:
         variables = self.request("variables", {"variablesReference": local_scope["variablesReference"]})
         return {v["name"]: v["value"] for v in variables["body"]["variables"]}
 
+    def evaluate(self, expression: str, frame_id: int) -> str:
+        answer = self.request("evaluate", {"expression": expression, "frameId": frame_id, "context": "watch"})
+        return answer["body"]["result"]
+
     def close(self) -> None:
         with contextlib.suppress(Exception):  # best effort on the way out
             self.request("disconnect", {"terminateDebuggee": False}, timeout=10)
         self.sock.close()
+
+
+# --- what a debugging session in the tests needs around the client ------------------------------------
+
+
+def state_dir(project: Project, deployment: str = "blue") -> Path:
+    return project.root / ".localml" / "endpoints" / project.endpoint / deployment
+
+
+def host_launch(project: Project) -> dict[str, Any]:
+    """The generated "Azure ML: Debug Local Endpoint" configuration, as VS Code on the host reads it."""
+    launch = json.loads((state_dir(project) / "launch.json").read_text())
+    config = launch["configurations"][0]
+    assert config["name"] == "Azure ML: Debug Local Endpoint"
+    assert (config["type"], config["request"]) == ("debugpy", "attach")
+    return config
+
+
+def line_in(path: Path, fragment: str) -> int:
+    return next(n for n, text in enumerate(path.read_text().splitlines(), 1) if fragment in text)
+
+
+def post_in_background(url: str, payload: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def send() -> None:
+        reply = requests.post(url, json=payload, timeout=120)
+        result["status"], result["body"] = reply.status_code, reply.text
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def scoring_url(project: Project, engine: Any) -> str:
+    port = engine.containers.get(project.container_name()).labels["localml.scoring-port"]
+    return f"http://127.0.0.1:{port}/score"

@@ -8,49 +8,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import requests
 from conftest import REPO, Project, remove_containers, sample_copy
-from dap_client import DapClient
+from dap_client import DapClient, host_launch, line_in, post_in_background, scoring_url, state_dir
 
 DEVCONTAINER_CLI = REPO / ".tools" / "node_modules" / ".bin" / "devcontainer"
-
-
-def state_dir(project: Project) -> Path:
-    return project.root / ".localml" / "endpoints" / project.endpoint / "blue"
-
-
-def host_launch(project: Project) -> dict:
-    launch = json.loads((state_dir(project) / "launch.json").read_text())
-    config = launch["configurations"][0]
-    assert config["name"] == "Azure ML: Debug Local Endpoint"
-    assert (config["type"], config["request"]) == ("debugpy", "attach")
-    return config
-
-
-def line_in(path: Path, fragment: str) -> int:
-    return next(n for n, text in enumerate(path.read_text().splitlines(), 1) if fragment in text)
-
-
-def post_in_background(url: str, payload) -> tuple[threading.Thread, dict]:
-    result: dict = {}
-
-    def send() -> None:
-        reply = requests.post(url, json=payload, timeout=120)
-        result["status"], result["body"] = reply.status_code, reply.text
-
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    return thread, result
-
-
-def scoring_url(project: Project, engine) -> str:
-    port = engine.containers.get(project.container_name()).labels["localml.scoring-port"]
-    return f"http://127.0.0.1:{port}/score"
 
 
 SAMPLE = json.loads((REPO / "specs" / "sample-request.json").read_text())

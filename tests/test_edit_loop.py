@@ -158,7 +158,7 @@ def test_a_crashed_server_is_restarted_by_the_next_debug(project, engine):
 
     result = debug(project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "reloaded in place — it had exited with code" in result.stdout
+    assert "restarted in a new process — it had exited with code" in result.stdout
     assert state(project, engine) == before
     assert invoke(project) == pytest.approx(sample_predictions().tolist())
 
@@ -189,8 +189,13 @@ def test_watch_mode_reloads_on_save_and_stops_cleanly_on_ctrl_c(helper_project, 
         wait_for("watch         watching")
         (helper_project.root / "onlinescoring" / "helper.py").write_text("OFFSET = 42.0\n")
         wait_for("server        reloaded in place — onlinescoring/helper.py changed")
-        wait_for("watch         ready")
         assert invoke(helper_project) == pytest.approx((sample_predictions() + 42).tolist())
+        # a YAML edit is no reload in place: the whole chain runs again (the container is recreated)
+        helper_project.edit("blue-deployment.yml", "SAMPLE_OUTPUT_SCALE: 1", "SAMPLE_OUTPUT_SCALE: 2")
+        wait_for("watch         blue-deployment.yml changed")
+        wait_for("container     recreated: configuration or image changed")
+        wait_for("watch         ready")
+        assert invoke(helper_project) == pytest.approx((sample_predictions() * 2 + 42).tolist())
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=20)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import requests
 from conftest import REPO, Project
-from dap_client import DapClient
+from dap_client import DapClient, post_in_background
 
 from localml_tasks.process_runtime import session_pids
 from localml_tasks.server import process_is_alive
@@ -135,6 +135,35 @@ def test_breakpoint_in_run_over_dap_in_process_mode(project):
     assert answer["status"] == 200
 
 
+def test_attached_once_a_save_is_hit_in_the_new_code_in_process_mode(project):
+    launch = json.loads((project.state / "launch.json").read_text())["configurations"][0]
+    score = project.root / "specs" / "onlinescoring" / "score.py"
+    helper = project.root / "specs" / "onlinescoring" / "helper.py"
+    line = next(n for n, text in enumerate(score.read_text().splitlines(), 1) if "helper.OFFSET" in text)
+    url = f"http://127.0.0.1:{record(project)['scoring_port']}/score"
+    server = json.loads((project.state / "runtime" / "status.json").read_text())["pid"]
+    dap = DapClient(launch["connect"]["host"], launch["connect"]["port"])
+    try:
+        dap.attach(launch, {str(score): [line]})
+        for offset in (7.0, 9.0, 7.0):  # ends as it began, for the tests after this one
+            if helper.read_text() != f"OFFSET = {offset}\n":
+                helper.write_text(f"OFFSET = {offset}\n")
+                result = project.run("debug", env=NO_DOCKER)
+                assert "reloaded in place — onlinescoring/helper.py changed" in result.stdout, result.stdout
+            thread, answer = post_in_background(url, json.loads(REQUEST.read_text()))
+            stopped = dap.wait_event("stopped")
+            frame = dap.top_frame(stopped["body"]["threadId"])
+            assert (frame["source"]["path"], frame["line"]) == (str(score), line)
+            assert dap.evaluate("helper.OFFSET", frame["id"]) == repr(offset)  # the new module, seen by the debugger
+            dap.request("continue", {"threadId": stopped["body"]["threadId"]})
+            thread.join(timeout=30)
+            assert json.loads(answer["body"]) == pytest.approx((np.asarray(expected()) + offset).tolist())
+        assert not dap.disconnected.is_set()
+        assert json.loads((project.state / "runtime" / "status.json").read_text())["pid"] == server
+    finally:
+        dap.close()
+
+
 def test_a_crashed_server_is_reported_and_restarted(project):
     status_file = project.state / "runtime" / "status.json"
     os.kill(json.loads(status_file.read_text())["pid"], signal.SIGKILL)
@@ -143,7 +172,7 @@ def test_a_crashed_server_is_reported_and_restarted(project):
         time.sleep(0.1)
     result = project.run("debug", env=NO_DOCKER)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "reloaded in place — it had exited with code -9" in result.stdout
+    assert "restarted in a new process — it had exited with code -9" in result.stdout
 
     os.kill(record(project)["supervisor_pid"], signal.SIGKILL)  # the supervisor itself
     time.sleep(0.5)
