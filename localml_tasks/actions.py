@@ -59,8 +59,7 @@ class ServerMode:
         command = read_json(target.runtime_dir / server.COMMAND_FILE_NAME) or {}
         env = command.get("env") or {}
         return cls(debugger=command.get("reload") == "debug-server" and env.get("LOCALML_DEBUGGER") != "0",
-                   wait=env.get("LOCALML_DEBUG_WAIT") == "1",
-                   keep_state=bool((command.get("settings") or {}).get("keep_state")))
+                   wait=env.get("LOCALML_DEBUG_WAIT") == "1", keep_state=keeps_state(target))
 
     def describe(self) -> str:
         if not self.debugger:
@@ -426,8 +425,7 @@ def server_is_current(target: Target, mode: ServerMode) -> bool:
     if running is not None and status is not None and running.host.owns(status) \
             and status.started_at >= COMMAND_STARTED:
         return False  # the container (or process) stage started it just now: the action says so
-    settings = (read_json(target.runtime_dir / server.COMMAND_FILE_NAME) or {}).get("settings") or {}
-    return running is not None and settings.get("keep_state", False) == mode.keep_state \
+    return running is not None and keeps_state(target) == mode.keep_state \
         and server.is_running_in(running.host, target.runtime_dir, mode.command_for(running, target))
 
 
