@@ -167,6 +167,17 @@ def test_with_watch_running_a_save_is_live_under_the_same_session(loop_project, 
             thread.join(timeout=60)
             assert first_value(answer) == pytest.approx(BASE[0] + value)
         assert not dap.disconnected.is_set() and server_pid(loop_project) == pid
+        # a broken save: watch says why and keeps going; the next good save recovers
+        helper.write_text("def offset(rows):\n    value = (\n")
+        watcher.wait_for("onlinescoring/helper.py:2: the scoring script failed to load")
+        watcher.wait_for("watch         the server keeps running: fix the error above and save again")
+        write_helper(loop_project, 9.0)
+        watcher.wait_for("server        reloaded in place")
+        thread, answer, frame, thread_id = stop_in_helper(dap, url)  # the breakpoint still holds
+        assert dap.locals_of(frame["id"])["value"] == "9.0"
+        dap.request("continue", {"threadId": thread_id})
+        thread.join(timeout=60)
+        assert first_value(answer) == pytest.approx(BASE[0] + 9.0)
         # a burst of saves (format-on-save writes twice, an editor's swap file beside it) is one reload
         write_helper(loop_project, 20.0)
         (helper.parent / ".helper.py.swp").write_text("swap")
