@@ -23,7 +23,7 @@ from . import build_context as context_stage
 from . import container as container_stage
 from . import devcontainer, docker_engine, health, image, invoke, lifecycle, process_runtime, server, vscode, watch
 from . import endpoint as endpoint_stage
-from .config import ProjectConfig, load_project_config
+from .config import CONFIG_FILE_NAME, ProjectConfig, load_project_config
 from .environment import ResolvedEnvironment, resolve_environment
 from .errors import LocalmlError, Problem
 from .overrides import Overrides
@@ -195,7 +195,23 @@ def validate(target: Target) -> None:
     _line("validate", f"{deployment.deployment_name} on endpoint {deployment.endpoint_name}: valid ({took:.0f} ms)")
 
 
-def resolve(target: Target, allow_python_mismatch: bool) -> None:
+def python_mismatch_allowance(target: Target, given: str, config: ProjectConfig) -> str | None:
+    """What allows a conda file's Python pin that the base image (or this machine) lacks, if anything:
+    allow_python_mismatch= given now (remembered for the deployment until given again), remembered from
+    an earlier command, or `allow_python_mismatch: true` in localml.yml."""
+    settings_file = target.state_dir / "settings.json"
+    settings = read_json(settings_file) or {}
+    if given:
+        settings["allow_python_mismatch"] = given.lower() in ("1", "true", "yes", "on")
+        write_json_if_changed(settings_file, settings)
+        if settings["allow_python_mismatch"]:
+            return "allow_python_mismatch=1"
+    elif settings.get("allow_python_mismatch"):
+        return f"allow_python_mismatch=1, remembered for {target.deployment}; allow_python_mismatch=0 forgets it"
+    return f"allow_python_mismatch: true in {CONFIG_FILE_NAME}" if config.allow_python_mismatch else None
+
+
+def resolve(target: Target, allow_python_mismatch: str) -> None:
     deployment = target.resolved()
     if deployment.inference_config:
         _resolve_custom_image(target, deployment)
@@ -207,7 +223,8 @@ def resolve(target: Target, allow_python_mismatch: bool) -> None:
     assert deployment.conda_file and deployment.image  # validation guarantees both
     base = config.resolve_image(deployment.image)
     plan, env = image.prepare_build_context(Path(deployment.conda_file), deployment.image, base, target.build_dir,
-                                            allow_python_mismatch=allow_python_mismatch)
+                                            python_mismatch_allowed_by=python_mismatch_allowance(
+                                                target, allow_python_mismatch, config))
     via = f" (alias of {deployment.image})" if base != deployment.image else ""
     if plan.kind == "conda":
         _line("environment", f"conda {plan.conda_version} in the base image: conda env create from "
@@ -308,7 +325,7 @@ def start_container(target: Target, mode: ServerMode, gpu: bool = False) -> None
 # --- process mode: a venv and a supervisor process instead of an image and a container ---------------
 
 
-def resolve_for_process(target: Target, allow_python_mismatch: bool, chosen_automatically: bool) -> None:
+def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_automatically: bool) -> None:
     if chosen_automatically:
         _line("runtime", "no Docker engine answers: process mode (the server runs in a venv on this machine)")
     deployment = target.resolved()
@@ -324,7 +341,8 @@ def resolve_for_process(target: Target, allow_python_mismatch: bool, chosen_auto
     env = resolve_environment(Path(deployment.conda_file), str(deployment.image), str(deployment.image))
     python = process_runtime.host_python(env)
     version = process_runtime.python_version_of(python)
-    warning = image.check_python(env, version, allow_mismatch=allow_python_mismatch,
+    allowed_by = python_mismatch_allowance(target, allow_python_mismatch, load_project_config())
+    warning = image.check_python(env, version, allowed_by=allowed_by,
                                  where=f"this machine's Python ({python})")
     if warning:
         print(f"warning: {warning}")

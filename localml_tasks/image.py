@@ -139,22 +139,23 @@ def image_tag(dockerfile: str, requirements: str, base_image_id: str) -> str:
     return f"{IMAGE_REPOSITORY}:{digest[:16]}"
 
 
-def check_python(env: ResolvedEnvironment, base_python: str, *, allow_mismatch: bool,
+def check_python(env: ResolvedEnvironment, base_python: str, *, allowed_by: str | None,
                  where: str | None = None) -> str | None:
-    """None when fine; a warning text when mismatched but allowed; raises otherwise.
+    """None when fine; a warning text when mismatched but allowed (allowed_by says by what); raises otherwise.
     where: what provides Python (default: the base image)."""
     if not env.python_version or base_python.startswith(env.python_version + ".") \
             or base_python == env.python_version:
         return None
     where = where or f"the base image {env.base_image}"
     message = f"the conda file pins python={env.python_version}, but {where} has Python {base_python}"
-    if allow_mismatch:
-        return message + " (allowed by allow_python_mismatch=1)"
+    if allowed_by:
+        return f"{message} (allowed by {allowed_by})"
     line = requirement_line(Path(env.conda_file), "python")
     raise LocalmlError.one(
         message, file=env.conda_file, line=line, key="dependencies",
         fix=(f"pin python={'.'.join(base_python.split('.')[:2])}, provide Python {env.python_version}, "
-             "or pass allow_python_mismatch=1 to build anyway"),
+             "or build anyway: allow_python_mismatch=1 (remembered for the deployment), or "
+             f"allow_python_mismatch: true in {CONFIG_FILE_NAME} for the whole project"),
     )
 
 
@@ -265,7 +266,7 @@ def base_conda_version(image: str, image_id: str) -> str | None:
 
 
 def prepare_build_context(conda_file: Path, declared_image: str, base_image: str, build_dir: Path, *,
-                          allow_python_mismatch: bool) -> tuple[ImagePlan, ResolvedEnvironment]:
+                          python_mismatch_allowed_by: str | None) -> tuple[ImagePlan, ResolvedEnvironment]:
     """Choose the conda or pip path for the base image, then write Dockerfile, requirements.txt,
     the conda file and CA copies, and plan.json; only changed files are rewritten."""
     base_id = resolve_base_image(declared_image, base_image)
@@ -284,7 +285,7 @@ def prepare_build_context(conda_file: Path, declared_image: str, base_image: str
         tag = image_tag(dockerfile, conda_text, base_id)
     else:
         base_python = base_python_version(base_image, base_id)
-        warning = check_python(env, base_python, allow_mismatch=allow_python_mismatch)
+        warning = check_python(env, base_python, allowed_by=python_mismatch_allowed_by)
         if warning:
             print(f"warning: {warning}")
         dockerfile = render_dockerfile(env, with_ca=ca is not None)

@@ -139,7 +139,7 @@ def task_environment() -> Iterator[dict[str, Any]]:
     target = _target()
     if target:
         runtime, automatic = _runtime()
-        allow = _flag("allow_python_mismatch")
+        allow = _var("allow_python_mismatch")  # "": as remembered for the deployment, or as localml.yml says
         action = (_guard(actions.resolve, target, allow) if runtime == "docker"
                   else _guard(actions.resolve_for_process, target, allow, automatic))
         yield {

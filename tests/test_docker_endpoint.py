@@ -152,9 +152,22 @@ def test_python_pin_mismatch_is_an_error_unless_allowed(project, engine):
     assert "pins python=3.9, but the base image localml/debian-python:3.11-bookworm has Python 3.11" \
         in refused.stderr
     assert "environment/conda.yml:5" in refused.stderr
+    assert "allow_python_mismatch: true in localml.yml" in refused.stderr  # the way out, for the project
     allowed = debug(project, "allow_python_mismatch=1")
     assert "warning: the conda file pins python=3.9" in allowed.stdout
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    # remembered for the deployment: the next plain debug (and watch) builds on
+    again = project.run("debug")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "(allowed by allow_python_mismatch=1, remembered for blue" in again.stdout
+    forgotten = project.run("debug", "allow_python_mismatch=0")
+    assert forgotten.returncode != 0 and "pins python=3.9" in forgotten.stderr
+    # said once for the whole project, in localml.yml
+    config = project.root / "localml.yml"
+    config.write_text(config.read_text() + "allow_python_mismatch: true\n")
+    project_wide = project.run("debug")
+    assert project_wide.returncode == 0, project_wide.stdout + project_wide.stderr
+    assert "(allowed by allow_python_mismatch: true in localml.yml)" in project_wide.stdout
 
 
 def test_ca_bundle_and_proxy_settings_stay_out_of_the_image(project, engine):

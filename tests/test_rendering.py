@@ -56,17 +56,17 @@ def test_image_tag_is_a_content_hash_of_what_goes_in():
 
 def test_python_pin_mismatch_names_both_versions_and_can_be_allowed():
     try:
-        check_python(env(python_version="3.9"), "3.11.2", allow_mismatch=False)
+        check_python(env(python_version="3.9"), "3.11.2", allowed_by=None)
     except Exception as exc:
         text = exc.render()
     else:
         raise AssertionError("a mismatch must raise")
     assert "python=3.9" in text and "Python 3.11.2" in text and "allow_python_mismatch=1" in text
     assert "conda.yml:5" in text
-    warning = check_python(env(python_version="3.9"), "3.11.2", allow_mismatch=True)
-    assert warning and "3.9" in warning
-    assert check_python(env(python_version="3.11"), "3.11.2", allow_mismatch=False) is None
-    assert check_python(env(python_version=None), "3.11.2", allow_mismatch=False) is None
+    warning = check_python(env(python_version="3.9"), "3.11.2", allowed_by="allow_python_mismatch: true in localml.yml")
+    assert warning and "3.9" in warning and warning.endswith("(allowed by allow_python_mismatch: true in localml.yml)")
+    assert check_python(env(python_version="3.11"), "3.11.2", allowed_by=None) is None
+    assert check_python(env(python_version=None), "3.11.2", allowed_by=None) is None
 
 
 def test_pip_failure_boils_down_to_the_requirement_and_pip_error_line():
