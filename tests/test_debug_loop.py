@@ -373,3 +373,73 @@ def test_a_changed_compiled_extension_gets_a_new_process(project, engine):
     assert server_pid(project) != pid
     answer = requests.post(scoring_url(project, engine), json=SAMPLE, timeout=60)
     assert answer.status_code == 200 and answer.json()[0] == pytest.approx(BASE[0])
+
+
+SCHEMA_IMPORTS = """import json
+
+from azureml_inference_server_http.api.aml_request import rawhttp
+from azureml_inference_server_http.api.aml_response import AMLResponse
+from inference_schema.parameter_types.standard_py_parameter_type import StandardPythonParameterType
+from inference_schema.schema_decorators import input_schema, output_schema
+
+
+def init():
+    pass
+
+
+"""
+DECORATED = """@input_schema("data", StandardPythonParameterType([[1.0, 2.0]]))
+@output_schema(StandardPythonParameterType([3.0]))
+def run(data):
+    return [sum(row) for row in data]
+"""
+RENAMED = """@input_schema("rows", StandardPythonParameterType([[5.0, 6.0, 7.0]]))
+@output_schema(StandardPythonParameterType([3]))
+def run(rows):
+    return [len(row) for row in rows]
+"""
+PLAIN = """def run(raw_data):
+    return {"raw": json.loads(raw_data)}
+"""
+RAW = """@rawhttp
+def run(request):
+    return AMLResponse(request.get_data()[::-1], 200, {"Content-Type": "application/octet-stream"})
+"""
+
+
+def test_reloads_follow_the_scripts_decorators_and_swagger_as_a_new_process_would(project, engine):
+    score = project.root / "onlinescoring" / "score.py"
+
+    def save(run: str) -> None:
+        score.write_text(SCHEMA_IMPORTS + run)
+
+    def swagger(url: str) -> dict:
+        answer = requests.get(url.replace("/score", "/swagger.json"), timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    save(DECORATED)
+    debug(project, f"spec={project.spec}")
+    url = scoring_url(project, engine)
+    assert requests.post(url, json={"data": [[1, 2], [3, 4]]}, timeout=30).json() == [3, 7]
+    assert list(swagger(url)["definitions"]["ServiceInput"]["properties"]) == ["data"]
+
+    save(RENAMED)  # a parameter renamed: the old name must not linger in the schema
+    assert "reloaded in place" in debug(project).stdout
+    reloaded = swagger(url)
+    assert list(reloaded["definitions"]["ServiceInput"]["properties"]) == ["rows"]
+    assert requests.post(url, json={"rows": [[1, 2, 3]]}, timeout=30).json() == [3]
+    assert "restarted in a new process" in debug(project, "restart=1").stdout
+    assert swagger(url) == reloaded  # what a fresh process builds from the same script
+
+    save(PLAIN)  # no decorator any more: run() gets the body as text again
+    assert "reloaded in place" in debug(project).stdout
+    assert requests.post(url, json={"a": 1}, timeout=30).json() == {"raw": {"a": 1}}
+
+    save(RAW)  # @rawhttp: run() gets the request
+    assert "reloaded in place" in debug(project).stdout
+    assert requests.post(url, data=b"abc", timeout=30).content == b"cba"
+
+    save(PLAIN)  # and without it again
+    assert "reloaded in place" in debug(project).stdout
+    assert requests.post(url, json={"b": 2}, timeout=30).json() == {"raw": {"b": 2}}

@@ -321,8 +321,11 @@ class ScriptHost:
         return found
 
     def _forget_code_modules(self):
+        names = {"entry_module"}  # azmlinfsrv's name for the scoring script: it is in no sys.modules
         for name, _module, _path in self._code_modules():
             del sys.modules[name]
+            names.add(name)
+        _forget_schemas(names)
         importlib.invalidate_caches()  # new files in the code folder are found
         linecache.checkcache()  # tracebacks show the new source
 
@@ -380,6 +383,18 @@ class ScriptHost:
         start_response("503 Service Unavailable", [("Content-Type", "application/json"),
                                                    ("Content-Length", str(len(body))), (FAILED_HEADER, "failed")])
         return [body]
+
+
+def _forget_schemas(module_names):
+    """inference-schema keeps every decorated function's schema in module-level registries keyed by
+    "module.function", and merges a decorator's schema into what is there: without this, a reloaded run()
+    would keep a renamed parameter, or still count as decorated once the decorator is gone."""
+    registries = sys.modules.get("inference_schema.schema_util")
+    if registries is None:
+        return
+    for registry in (registries.__functions_schema__, registries.__versions__):
+        for key in [key for key in registry if key.rsplit(".", 1)[0] in module_names]:
+            del registry[key]
 
 
 def _stat_signature(path):
