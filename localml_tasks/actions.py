@@ -23,6 +23,7 @@ from . import build_context as context_stage
 from . import container as container_stage
 from . import devcontainer, docker_engine, health, image, invoke, lifecycle, process_runtime, server, vscode, watch
 from . import endpoint as endpoint_stage
+from . import lock as lock_stage
 from .config import CONFIG_FILE_NAME, ProjectConfig, load_project_config
 from .environment import ResolvedEnvironment, resolve_environment
 from .errors import LocalmlError, Problem
@@ -211,7 +212,7 @@ def python_mismatch_allowance(target: Target, given: str, config: ProjectConfig)
     return f"allow_python_mismatch: true in {CONFIG_FILE_NAME}" if config.allow_python_mismatch else None
 
 
-def resolve(target: Target, allow_python_mismatch: str) -> None:
+def resolve(target: Target, allow_python_mismatch: str, relock: bool = False) -> None:
     deployment = target.resolved()
     if deployment.inference_config:
         _resolve_custom_image(target, deployment)
@@ -222,16 +223,18 @@ def resolve(target: Target, allow_python_mismatch: str) -> None:
         return
     assert deployment.conda_file and deployment.image  # validation guarantees both
     base = config.resolve_image(deployment.image)
-    plan, env = image.prepare_build_context(Path(deployment.conda_file), deployment.image, base, target.build_dir,
-                                            python_mismatch_allowed_by=python_mismatch_allowance(
-                                                target, allow_python_mismatch, config))
+    allowed_by = python_mismatch_allowance(target, allow_python_mismatch, config)
+    plan, env, locked = image.prepare_build_context(Path(deployment.conda_file), deployment.image, base,
+                                                    target.build_dir, python_mismatch_allowed_by=allowed_by,
+                                                    relock=relock)
     via = f" (alias of {deployment.image})" if base != deployment.image else ""
     if plan.kind == "conda":
         _line("environment", f"conda {plan.conda_version} in the base image: conda env create from "
                              f"{Path(plan.conda_file).name} (python {plan.base_python}), base {base}{via} → {plan.tag}")
     else:
-        _line("environment", f"python {plan.base_python}, {len(env.requirements)} pip requirements, "
-                             f"base {base}{via} → {plan.tag}")
+        assert locked is not None  # the pip path locks
+        _line("environment", f"python {plan.base_python}, {len(env.requirements)} pip requirements: "
+                             f"{locked.describe()} in {_display(locked.path)}, base {base}{via} → {plan.tag}")
 
 
 def _resolve_build_context(target: Target, deployment: Deployment, config: ProjectConfig) -> None:
@@ -325,7 +328,8 @@ def start_container(target: Target, mode: ServerMode, gpu: bool = False) -> None
 # --- process mode: a venv and a supervisor process instead of an image and a container ---------------
 
 
-def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_automatically: bool) -> None:
+def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_automatically: bool,
+                        relock: bool = False) -> None:
     if chosen_automatically:
         _line("runtime", "no Docker engine answers: process mode (the server runs in a venv on this machine)")
     deployment = target.resolved()
@@ -346,12 +350,18 @@ def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_autom
                                  where=f"this machine's Python ({python})")
     if warning:
         print(f"warning: {warning}")
+    locked = lock_stage.lock_environment(env.requirements, ".".join(version.split(".")[:2]),
+                                         lock_stage.lock_platform(), env.conda_file, relock=relock)
+    if locked.note:
+        print(f"warning: {locked.note}")
+    # the venv installs exactly the lock, as the image does
+    env.requirements = locked.text.splitlines()
     folder = process_runtime.venv_dir(env, python, version)
     write_json_if_changed(target.state_dir / "venv-plan.json",
                           {"python": python, "version": version, "requirements": env.requirements,
-                           "conda_file": env.conda_file, "venv": str(folder)})
-    _line("environment", f"python {version} on this machine ({python}), {len(env.requirements)} pip requirements "
-                         f"→ {_display(folder)}")
+                           "conda_file": env.conda_file, "venv": str(folder), "lock_file": str(locked.path)})
+    _line("environment", f"python {version} on this machine ({python}): {locked.describe()} in "
+                         f"{_display(locked.path)} → {_display(folder)}")
 
 
 def runs_as_process(target: Target) -> bool:
@@ -488,7 +498,7 @@ def refresh_server(target: Target, mode: ServerMode, changed: list[str]) -> None
         # check decided first, forgets everything after a failed reload, and `doit watch` may have reloaded
         saved = [path for path in (changed or watched_files(target)) if not _all_saved_before([path], load.started_at)]
         if not saved and load.outcome == "failed":
-            raise load_failure(load, "nothing saved since")
+            raise load_failure(load, target, "nothing saved since")
         if not saved and changed:
             _line("server", f"up to date — the running server loaded {_changed_names(target, changed)} already")
         changed = saved
@@ -525,7 +535,8 @@ def reload_server(target: Target, running: Running, mode: ServerMode, changed: l
         status = server.read_status(target.runtime_dir)
         raise health.failure_error(f"the server stopped during the reload ({what})",
                                    running.read_log(status.started_at - 1 if status else None), running.path_map,
-                                   fix="fix the error above and run doit debug again; the whole log: doit logs")
+                                   fix="fix the error above and run doit debug again; the whole log: doit logs",
+                                   conda_file=deployment.conda_file)
     if not refreshed.in_place:
         again = "; a debugger attached before must attach again" if mode.debugger else ""
         _line("server", f"restarted in a new process — {why or refreshed.why} "
@@ -535,17 +546,23 @@ def reload_server(target: Target, running: Running, mode: ServerMode, changed: l
     load = refreshed.load
     assert load is not None
     if load.outcome == "failed":
-        raise load_failure(load, what)
+        raise load_failure(load, target, what)
     _line("server", f"reloaded in place — {what} ({load.took_ms:.0f} ms; {load.describe_init()})")
 
 
-def load_failure(load: server.LoadOutcome, what: str = "") -> LocalmlError:
-    """The error for a scoring script that failed to load: where in the user's code, and the traceback."""
+def load_failure(load: server.LoadOutcome, target: Target, what: str = "") -> LocalmlError:
+    """The error for a scoring script that failed to load: where in the user's code, and the traceback;
+    an environment problem (numpy's binary interface) gets the environment's fix."""
     where = f" in {load.function}()" if load.function else ""
     trace = "\n    ".join(load.traceback.rstrip().splitlines())
     because = f" ({what})" if what else ""
+    fix = health.environment_fix(load.traceback, _conda_file(target)) or RELOAD_FIX
     return LocalmlError([Problem(f"the scoring script failed to load{because}{where}: {load.message}\n    {trace}",
-                                 file=load.file, line=load.line, fix=RELOAD_FIX)])
+                                 file=load.file, line=load.line, fix=fix)])
+
+
+def _conda_file(target: Target) -> str | None:
+    return (read_json(target.resolved_file) or {}).get("conda_file")
 
 
 def _restart_custom_container(target: Target, running: Running, changed: list[str]) -> None:
@@ -661,11 +678,11 @@ def check_health(target: Target) -> None:
 
     def script_failure() -> LocalmlError | None:
         load = server.read_load(target.runtime_dir)
-        return load_failure(load) if load and load.outcome == "failed" else None
+        return load_failure(load, target) if load and load.outcome == "failed" else None
 
     seconds = health.wait_until_healthy(running.uri("readiness"), probe=deployment.readiness_probe, is_alive=alive,
                                         read_log=log_of_this_start, path_map=running.path_map, label="health",
-                                        script_failure=script_failure)
+                                        script_failure=script_failure, conda_file=deployment.conda_file)
     health.check_liveness(running.uri("liveness"), deployment.liveness_probe)
     status = server.read_status(target.runtime_dir)
     if not running.custom and status and running.host.owns(status) and status.started_at >= COMMAND_STARTED:
@@ -774,7 +791,7 @@ def invoke_endpoint(target: Target, request_path: Path, named: str | None) -> No
     if result.script_failed and answered:
         load = server.read_load(Target(target.spec_path, target.endpoint, answered).runtime_dir)
         if load and load.outcome == "failed":
-            raise load_failure(load, f"deployment {answered} answered {result.status}")
+            raise load_failure(load, target, f"deployment {answered} answered {result.status}")
     if not 200 <= result.status < 300:
         # the server answers "check the logs": we do, and show the traceback through run()
         running = _running(Target(target.spec_path, target.endpoint, answered), required=False) if answered else None

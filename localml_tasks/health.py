@@ -115,7 +115,9 @@ def _to_host(path: str, path_map: dict[str, str]) -> str | None:
     return None
 
 
-def failure_error(what: str, log: str, path_map: dict[str, str], fix: str) -> LocalmlError:
+def failure_error(what: str, log: str, path_map: dict[str, str], fix: str,
+                  conda_file: str | None = None) -> LocalmlError:
+    fix = environment_fix(log, conda_file) or fix
     cause = extract_cause(log, path_map)
     if cause is None:
         tail = [line for line in log.splitlines() if line.strip()][-12:]
@@ -129,6 +131,22 @@ def failure_error(what: str, log: str, path_map: dict[str, str], fix: str) -> Lo
         f"{what}{text}",
         file=cause.user_file, line=cause.user_line, fix=fix,
     )])
+
+
+# what numpy and compiled packages built against another numpy say: the environment, not the user's code
+ABI_MISMATCH = ("numpy.dtype size changed", "compiled against API version", "compiled using NumPy 1.x",
+                "_ARRAY_API not found", "numpy.core.multiarray failed to import")
+
+
+def environment_fix(text: str, conda_file: str | None) -> str | None:
+    """The fix for a binary mismatch between numpy and a package compiled against another numpy, if text
+    shows one: pin numpy in the conda file (an environment rebuild), not a code edit."""
+    if not any(marker in text for marker in ABI_MISMATCH):
+        return None
+    where = conda_file or "the conda file"
+    return (f"a compiled package was built against another numpy: pin numpy in {where} to a version of that "
+            "package's day (e.g. numpy<2 for packages from before mid-2024), then doit debug: the environment "
+            "is rebuilt; no code edit can fix this")
 
 
 INIT_STARTED = "Invoking user's init function"  # azmlinfsrv logs these around init()
@@ -154,6 +172,7 @@ def wait_until_healthy(
     path_map: dict[str, str],
     label: str,
     script_failure: Callable[[], LocalmlError | None] = lambda: None,
+    conda_file: str | None = None,
 ) -> float:
     """Poll url until 200 within the readiness probe's limits; returns seconds taken.
 
@@ -183,7 +202,7 @@ def wait_until_healthy(
                 raise failure_error(
                     "the server stopped during start-up", read_log(), path_map,
                     fix="fix the error above and run doit debug again (no rebuild needed for code edits); "
-                        "the whole log: doit logs",
+                        "the whole log: doit logs", conda_file=conda_file,
                 )
             if elapsed > deadline_s:
                 log = read_log()

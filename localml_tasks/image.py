@@ -22,6 +22,7 @@ from . import docker_engine
 from .config import ALIASES_ENV, CONFIG_FILE_NAME
 from .environment import ResolvedEnvironment, requirement_line, resolve_environment
 from .errors import LocalmlError, Problem
+from .lock import Lock, lock_environment, lock_platform
 from .state import read_json, state_root, write_if_changed, write_json_if_changed
 
 IMAGE_REPOSITORY = "localml/env"
@@ -57,6 +58,7 @@ class ImagePlan:
     user_tag: str | None = None  # the user's image, built as-is; ours goes on top
     context_hash: str | None = None
     from_images: list[dict[str, Any]] = field(default_factory=list)  # the Dockerfile's FROM images, resolved
+    lock_file: str | None = None  # the pip path: the lock the image installs (lock.py)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -72,10 +74,6 @@ class ImagePlan:
 # --- pure rendering -------------------------------------------------------------
 
 
-def render_requirements(env: ResolvedEnvironment) -> str:
-    return "".join(f"{line}\n" for line in env.requirements)
-
-
 def render_dockerfile(env: ResolvedEnvironment, *, with_ca: bool) -> str:
     ca_copy = f"COPY {CA_FILE_NAME} /tmp/localml/ca.crt\n" if with_ca else ""
     ca_env = "PIP_CERT=/tmp/localml/ca.crt " if with_ca else ""
@@ -84,11 +82,12 @@ def render_dockerfile(env: ResolvedEnvironment, *, with_ca: bool) -> str:
         "# Stage 1 installs the environment (with the host's CA bundle, for TLS-intercepting proxies).\n"
         "# Only the finished venv is copied into the final image: the CA bundle is in none of its layers.\n"
         f"FROM {env.base_image} AS environment\n"
+        "# requirements.txt is localml's lock of the conda file: exactly these versions, nothing resolved here.\n"
         "COPY requirements.txt /tmp/localml/requirements.txt\n"
         f"{ca_copy}"
         f"RUN python3 -m venv {ENV_PREFIX} \\\n"
         f" && {ca_env}{ENV_PREFIX}/bin/python -m pip install --no-cache-dir --disable-pip-version-check \\\n"
-        "      --progress-bar off -r /tmp/localml/requirements.txt\n"
+        "      --progress-bar off --no-deps -r /tmp/localml/requirements.txt\n"
         "\n"
         f"FROM {env.base_image}\n"
         f"COPY --from=environment {ENV_PREFIX} {ENV_PREFIX}\n"
@@ -266,15 +265,17 @@ def base_conda_version(image: str, image_id: str) -> str | None:
 
 
 def prepare_build_context(conda_file: Path, declared_image: str, base_image: str, build_dir: Path, *,
-                          python_mismatch_allowed_by: str | None) -> tuple[ImagePlan, ResolvedEnvironment]:
-    """Choose the conda or pip path for the base image, then write Dockerfile, requirements.txt,
-    the conda file and CA copies, and plan.json; only changed files are rewritten."""
+                          python_mismatch_allowed_by: str | None,
+                          relock: bool = False) -> tuple[ImagePlan, ResolvedEnvironment, Lock | None]:
+    """Choose the conda or pip path for the base image, then write Dockerfile, requirements.txt (the lock, on
+    the pip path), the conda file and CA copies, and plan.json; only changed files are rewritten."""
     base_id = resolve_base_image(declared_image, base_image)
     conda_version = base_conda_version(base_image, base_id)
     # conda-only packages are a problem only when pip builds the environment
     env = resolve_environment(conda_file, declared_image, base_image, conda_builds=conda_version is not None)
     ca = host_ca_bundle()
     build_dir.mkdir(parents=True, exist_ok=True)
+    locked = None
     if conda_version:
         # conda installs the Python the conda file pins: the base's own Python does not matter
         base_python = env.python_version or "conda's default"
@@ -289,19 +290,23 @@ def prepare_build_context(conda_file: Path, declared_image: str, base_image: str
         if warning:
             print(f"warning: {warning}")
         dockerfile = render_dockerfile(env, with_ca=ca is not None)
-        requirements = render_requirements(env)
-        write_if_changed(build_dir / "requirements.txt", requirements)
+        locked = lock_environment(env.requirements, ".".join(base_python.split(".")[:2]), lock_platform(),
+                                  env.conda_file, relock=relock)
+        if locked.note:
+            print(f"warning: {locked.note}")
+        write_if_changed(build_dir / "requirements.txt", locked.text)
         (build_dir / CONDA_FILE_NAME).unlink(missing_ok=True)
-        tag = image_tag(dockerfile, requirements, base_id)
+        tag = image_tag(dockerfile, locked.text, base_id)
     write_if_changed(build_dir / "Dockerfile", dockerfile)
     write_ca_copy(build_dir, ca)
     plan = ImagePlan(
         tag=tag, base_image=base_image, declared_image=declared_image, base_image_id=base_id,
         base_python=base_python, python_version=env.python_version, conda_file=env.conda_file,
         kind="conda" if conda_version else "pip", conda_version=conda_version,
+        lock_file=str(locked.path) if locked else None,
     )
     write_json_if_changed(build_dir / "plan.json", plan.to_json())
-    return plan, env
+    return plan, env, locked
 
 
 def write_ca_copy(build_dir: Path, ca: Path | None) -> None:

@@ -1,8 +1,8 @@
 """Process mode — the same endpoint without Docker: a venv on this machine and our supervisor as a
 background process running the server on 127.0.0.1.
 
-The venv lives under .localml/envs/<hash of the requirements and Python>/ and is reused until the
-environment changes (uv when it is installed, else venv + pip). The model gets Azure's layout
+The venv lives under .localml/envs/<hash of the lock and Python>/, holds exactly the environment's lock
+(lock.py, installed with uv) and is reused until the environment changes. The model gets Azure's layout
 through a symlink, so $AZUREML_MODEL_DIR/<model folder name>/... works as in a container.
 """
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from .container import IN_CONTAINER
 from .environment import ResolvedEnvironment
 from .image import parse_build_failure
+from .lock import uv_binary
 from .server import ProcessHost, debug_server_command, process_is_alive
 from .spec import Deployment
 from .state import read_json, state_root, write_json_if_changed
@@ -100,14 +101,10 @@ def ensure_venv(env: ResolvedEnvironment, python: str, python_version: str) -> t
     folder.parent.mkdir(parents=True, exist_ok=True)
     requirements = folder.parent / f"{folder.name}.requirements.txt"
     requirements.write_text("".join(f"{line}\n" for line in env.requirements), encoding="utf-8")
-    uv = shutil.which("uv")
-    if uv:
-        steps = [[uv, "venv", "--quiet", "--python", python, str(folder)],
-                 [uv, "pip", "install", "--quiet", "--python", str(folder / "bin" / "python"), "-r", str(requirements)]]
-    else:
-        steps = [[python, "-m", "venv", str(folder)],
-                 [str(folder / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                  "--progress-bar", "off", "-r", str(requirements)]]
+    uv = uv_binary()
+    steps = [[uv, "venv", "--quiet", "--python", python, str(folder)],
+             [uv, "pip", "install", "--quiet", "--no-deps", "--python", str(folder / "bin" / "python"),
+              "-r", str(requirements)]]
     for step in steps:
         result = subprocess.run(step, capture_output=True, text=True)
         if result.returncode != 0:

@@ -140,8 +140,9 @@ def task_environment() -> Iterator[dict[str, Any]]:
     if target:
         runtime, automatic = _runtime()
         allow = _var("allow_python_mismatch")  # "": as remembered for the deployment, or as localml.yml says
-        action = (_guard(actions.resolve, target, allow) if runtime == "docker"
-                  else _guard(actions.resolve_for_process, target, allow, automatic))
+        relock = _flag("relock") or _flag("no_cache")  # resolve the lock again (new releases of unpinned packages)
+        action = (_guard(actions.resolve, target, allow, relock) if runtime == "docker"
+                  else _guard(actions.resolve_for_process, target, allow, automatic, relock))
         yield {
             "name": target.deployment,
             "actions": [action],

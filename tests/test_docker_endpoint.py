@@ -134,15 +134,15 @@ def test_missing_base_image_names_it_and_the_alias_option(project, engine):
     assert "Traceback" not in result.stderr
 
 
-def test_pip_failure_reports_the_requirement_and_pips_error_line(project, engine):
+def test_an_unresolvable_requirement_is_reported_at_its_line_before_any_build(project, engine):
     project.edit("environment/conda.yml", "      - numpy==2.4.6\n",
                  "      - numpy==2.4.6\n      - localml-test-no-such-package==0.0.1\n")
     result = debug(project)
     assert result.returncode != 0
-    assert "environment/conda.yml:12" in result.stderr
-    assert "pip could not install 'localml-test-no-such-package==0.0.1'" in result.stderr
-    assert "ERROR: No matching distribution found for localml-test-no-such-package==0.0.1" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "environment/conda.yml:12: dependencies: the requirements cannot be resolved " \
+           "('localml-test-no-such-package==0.0.1')" in result.stderr, result.stderr
+    assert "localml-test-no-such-package was not found in the package registry" in result.stderr
+    assert "image         building" not in result.stdout and "Traceback" not in result.stderr
 
 
 def test_python_pin_mismatch_is_an_error_unless_allowed(project, engine):
