@@ -746,10 +746,12 @@ def watch_deployment(target: Target) -> None:
         else:
             _line("watch", "ready — waiting for changes (Ctrl-C stops)")
 
-    _line("watch", f"watching {', '.join(_display(Path(f)) for f in folders)} for saves, and "
-                   f"{', '.join(_display(Path(f)) for f in files)} (Ctrl-C stops)")
+    def ready() -> None:
+        _line("watch", f"watching {', '.join(_display(Path(f)) for f in folders)} for saves, and "
+                       f"{', '.join(_display(Path(f)) for f in files)} (Ctrl-C stops)")
+
     with contextlib.suppress(KeyboardInterrupt):
-        watch.watch(folders, lambda: watched()[1], on_change)
+        watch.watch(folders, lambda: watched()[1], on_change, on_ready=ready)
     _line("watch", "stopped")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from watchfiles import DefaultFilter
 from watchfiles import watch as file_events
 
-from .server import SKIPPED_DIRS
+from .server import SKIPPED_DIRS, watched_files
 
 SETTLE_MS = 50  # a change is reported once the files have been quiet this long ...
 LONGEST_BURST_MS = 1600  # ... or after this long, if saves keep coming
@@ -56,26 +56,40 @@ def watch(
     polled: Callable[[], list[str]],
     on_change: Callable[[list[str], list[str]], None],
     *,
+    on_ready: Callable[[], None] = lambda: None,
     stop: threading.Event | None = None,
 ) -> None:
     """Call on_change(changed in folders, changed among polled files) after each settled change, until
-    Ctrl-C (or stop is set). folders are watched by file events, polled() files by their stat."""
+    Ctrl-C (or stop is set). folders are watched by file events, polled() files by their stat. on_ready
+    runs once the operating system reports events: a save from then on is seen; one made while the
+    watcher was starting is found by comparing the folders' files then and now."""
     current = signature(polled())
     if not folders:  # nothing to watch by events: the polled files alone
+        on_ready()
         while not (stop and stop.wait(CONFIG_CHECK_MS / 1000)):
             latest = signature(polled())
             if latest != current:
                 changed, current = changed_paths(current, latest), latest
                 on_change([], changed)
         return
+    starting = signature(files_in(folders))
+    ready = False
     for events in file_events(*folders, watch_filter=IGNORED, step=SETTLE_MS, debounce=LONGEST_BURST_MS,
                               rust_timeout=CONFIG_CHECK_MS, yield_on_timeout=True, stop_event=stop):
+        changed_in_folders = {path for _, path in events}
+        if not ready:
+            ready = True
+            changed_in_folders.update(changed_paths(starting, signature(files_in(folders))))
+            on_ready()
         latest = signature(polled())
         changed_files = changed_paths(current, latest)
         current = latest
-        changed_in_folders = sorted({path for _, path in events})
         if changed_in_folders or changed_files:
-            on_change(changed_in_folders, changed_files)
+            on_change(sorted(changed_in_folders), changed_files)
+
+
+def files_in(folders: Sequence[str]) -> list[str]:
+    return [path for folder in folders for path in watched_files(folder, None)]
 
 
 def folders_and_files(resolved: dict, spec_path: Path, endpoint_yaml: str | None) -> tuple[list[str], list[str]]:

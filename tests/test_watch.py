@@ -13,12 +13,12 @@ from localml_tasks import watch
 def follow(folders: list[Path], polled: list[Path]) -> tuple[list[tuple[list[str], list[str]]], threading.Event,
                                                             threading.Thread]:
     calls: list[tuple[list[str], list[str]]] = []
-    stop = threading.Event()
+    stop, ready = threading.Event(), threading.Event()
     thread = threading.Thread(target=watch.watch, args=([str(f) for f in folders], lambda: [str(p) for p in polled],
                                                         lambda a, b: calls.append((a, b))),
-                              kwargs={"stop": stop}, daemon=True)
+                              kwargs={"stop": stop, "on_ready": ready.set}, daemon=True)
     thread.start()
-    time.sleep(0.5)  # the watcher is set up
+    assert ready.wait(10)  # the watcher reports events from here on
     return calls, stop, thread
 
 
@@ -83,3 +83,36 @@ def test_a_one_file_model_is_polled_and_folders_get_events(tmp_path):
     assert folders == [str(code)]
     assert files == [str(tmp_path / "blue.yml"), str(tmp_path / "conda.yml"), str(tmp_path / "endpoint.yml"),
                      str(model)]
+
+
+def test_a_save_made_while_the_watcher_starts_is_not_lost(tmp_path, monkeypatch):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "score.py").write_text("a = 1\n")
+    calls: list[tuple[list[str], list[str]]] = []
+    stop = threading.Event()
+
+    def save_while_starting() -> None:
+        (code / "score.py").write_text("a = 22\n")  # before the operating system watches the folder
+
+    thread = threading.Thread(target=watch.watch, args=([str(code)], list, lambda a, b: calls.append((a, b))),
+                              kwargs={"stop": stop, "on_ready": lambda: None}, daemon=True)
+    original = watch.signature
+    first = True
+
+    def signature_then_save(paths):
+        nonlocal first
+        taken = original(paths)
+        if first and paths:
+            first = False
+            save_while_starting()
+        return taken
+
+    monkeypatch.setattr(watch, "signature", signature_then_save)
+    try:
+        thread.start()
+        wait_for_calls(calls, 1)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert calls and [Path(p).name for p in calls[0][0]] == ["score.py"]
