@@ -82,7 +82,7 @@ def render_dockerfile(env: ResolvedEnvironment, *, with_ca: bool) -> str:
         "# Stage 1 installs the environment (with the host's CA bundle, for TLS-intercepting proxies).\n"
         "# Only the finished venv is copied into the final image: the CA bundle is in none of its layers.\n"
         f"FROM {env.base_image} AS environment\n"
-        "# requirements.txt is localml's lock of the conda file: exactly these versions, nothing resolved here.\n"
+        "# requirements.txt is localml's lock of the environment: exactly these versions, nothing resolved here.\n"
         "COPY requirements.txt /tmp/localml/requirements.txt\n"
         f"{ca_copy}"
         f"RUN python3 -m venv {ENV_PREFIX} \\\n"
