@@ -321,16 +321,27 @@ def build(build_dir: Path, *, say: Callable[[str], None] = print, echo: bool = T
         raise LocalmlError.one("no build plan for environment.build; run the environment stage first (doit debug does)")
     assert plan.build_context and plan.dockerfile and plan.dockerfile_path and plan.user_tag
     started = time.monotonic()
+    lent: list[tuple[str, str | None]] = []  # (FROM name, the image it named before the build)
     for item in plan.from_images:
         if item["local"] != item["name"]:
-            # the classic builder looks a FROM name up locally: give the alias target that name
-            if docker_engine.image_id(item["name"]) != item["id"]:
+            # the classic builder looks a FROM name up locally: lend the alias target that name for the build
+            before = docker_engine.image_id(item["name"])
+            if before != item["id"]:
                 docker_engine.tag_image(item["id"], item["name"])
+                lent.append((item["name"], before))
             say(f"FROM {item['name']} in {Path(plan.dockerfile).name}: the local {item['local']} "
-                "is tagged under that name (image_aliases)")
+                "stands in under that name for the build (image_aliases)")
     dockerfile, context = Path(plan.dockerfile), plan.build_context
-    stream_build(context, plan.user_tag, lambda lines, error: user_build_failure(lines, error, dockerfile, context),
-                 echo_prefix="Step " if echo else None, no_cache=no_cache, dockerfile=plan.dockerfile_path)
+    try:
+        stream_build(context, plan.user_tag,
+                     lambda lines, error: user_build_failure(lines, error, dockerfile, context),
+                     echo_prefix="Step " if echo else None, no_cache=no_cache, dockerfile=plan.dockerfile_path)
+    finally:
+        for name, before in lent:  # the name goes back to what it named, or away: no alias tag stays behind
+            if before:
+                docker_engine.tag_image(before, name)
+            else:
+                docker_engine.remove_image(name)
 
     def failure(lines: list[str], error: str) -> LocalmlError:
         return layer_failure(lines, error, str(dockerfile))

@@ -90,6 +90,16 @@ def remove_image(name: str) -> bool:
     return True
 
 
+def remove_if_unused(image_id: str) -> bool:
+    """Remove an untagged image that nothing else uses (with its untagged parents); False when it is tagged,
+    has children or is gone: then it is someone's, or nobody's to remove."""
+    try:
+        client().images.remove(image_id, noprune=False)
+    except _docker().errors.APIError:  # ImageNotFound is one
+        return False
+    return True
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the builder colours the stderr of RUN steps
 
 

@@ -355,13 +355,45 @@ def stream_build(context_dir: str, tag: str, failure: Callable[[list[str], str],
     """Run one build, echoing the lines that start with echo_prefix; returns the output lines.
     failure(lines so far, Docker's error) says what went wrong in the user's words."""
     lines: list[str] = []
-    for event in docker_engine.build(context_dir, tag, proxy_build_args(), nocache=no_cache, dockerfile=dockerfile):
-        if event.error is not None:
-            raise failure(lines, event.error)
-        lines.append(event.line)
-        if echo_prefix and event.line.startswith(echo_prefix):
-            print(f"  {event.line}")
+    try:
+        for event in docker_engine.build(context_dir, tag, proxy_build_args(), nocache=no_cache,
+                                         dockerfile=dockerfile):
+            if event.error is not None:
+                raise failure(lines, event.error)
+            lines.append(event.line)
+            if echo_prefix and event.line.startswith(echo_prefix):
+                print(f"  {event.line}")
+    finally:
+        # the classic builder keeps each discarded stage (our pip stage: hundreds of MB) as an untagged image
+        for image in leftover_stage_images(lines, failed=docker_engine.image_id(tag) is None):
+            docker_engine.remove_if_unused(image)
     return lines
+
+
+_STEP = re.compile(r"^Step \d+/\d+ : (?P<instruction>\w+)")
+_STEP_IMAGE = re.compile(r"^ ---> (?P<id>[0-9a-f]{12,64})\s*$")
+
+
+def leftover_stage_images(lines: list[str], *, failed: bool) -> list[str]:
+    """The images a classic build leaves untagged: the result of every stage but the last (the last is the
+    tagged image), and of the last too when the build failed. A stage's FROM image is never among them."""
+    stages: list[str | None] = []  # each stage's latest image, None while it is only its FROM image
+    after_from = False
+    for line in lines:
+        step = _STEP.match(line)
+        if step:
+            after_from = step["instruction"].upper() == "FROM"
+            if after_from:
+                stages.append(None)
+            continue
+        built = _STEP_IMAGE.match(line)
+        if built and stages:
+            if after_from:
+                after_from = False  # the " ---> id" after FROM is the base image: not ours
+            else:
+                stages[-1] = built["id"]
+    leftovers = stages if failed else stages[:-1]
+    return [image for image in leftovers if image]
 
 
 def build_image(build_dir: Path, *, echo: bool = True, no_cache: bool = False) -> tuple[str, float]:

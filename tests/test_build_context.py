@@ -225,11 +225,18 @@ def ctx(tmp_path: Path, engine: docker.DockerClient, sample_env_image: str) -> I
     found.cleanup()
 
 
+def image_names(engine: docker.DockerClient) -> set[str]:
+    return {tag for image in engine.images.list() for tag in image.tags}
+
+
 def test_build_context_runs_unchanged_rebuilds_only_on_context_changes(ctx):
     before = ctx.snapshot()
+    named_before = image_names(ctx.engine)
     first = ctx.debug()
     assert first.returncode == 0, first.stdout + first.stderr
     assert f"FROM {AZURE_IMAGE} in Dockerfile: the local localml-imgtest/sample-env:" in first.stdout
+    # the alias target stood in under the FROM name for the build only: no such tag is left behind
+    assert (AZURE_IMAGE in image_names(ctx.engine)) == (AZURE_IMAGE in named_before)
     assert "health        healthy" in first.stdout
     assert ctx.invoke() == {"greeting": "hello from the build context"}
     assert ctx.snapshot() == before  # nothing written into the user's folder

@@ -98,9 +98,11 @@ def test_an_old_scikit_learn_beside_an_unpinned_numpy_serves(project: Project, e
         "name: old-sklearn\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n"
         "      - azureml-inference-server-http\n      - scikit-learn==1.2.2\n      - numpy\n")
     project.root.joinpath("onlinescoring", "score.py").write_text(OLD_SKLEARN_SCORE)
-    result = project.run("debug", f"spec={project.spec}")
+    dangling_before = {image.id for image in engine.images.list(filters={"dangling": True})}
+    result = project.run("debug", f"spec={project.spec}", "no_cache=1")  # a real build, even on a used machine
     assert result.returncode == 0, result.stdout + result.stderr
     assert "unpinned requirements as of scikit-learn==1.2.2 (2023-03-09)" in result.stdout
+    assert "image         built localml/env:" in result.stdout
     port = engine.containers.get(project.container_name()).labels["localml.scoring-port"]
     answer = requests.post(f"http://127.0.0.1:{port}/score", json={"data": [[1, 2], [3, 4]]}, timeout=60)
     assert answer.status_code == 200, answer.text
@@ -109,6 +111,8 @@ def test_an_old_scikit_learn_beside_an_unpinned_numpy_serves(project: Project, e
     assert body["predictions"] == pytest.approx([3.0, 7.0])
     lock_file = re.search(r"in (\.localml/locks/\w+\.txt)", result.stdout)[1]
     assert pins((project.root / lock_file).read_text())["numpy"] == body["numpy"]  # the image holds the lock
+    # the build's discarded stage (the pip install, hundreds of MB) is not left behind untagged
+    assert {image.id for image in engine.images.list(filters={"dangling": True})} <= dangling_before
     assert json.loads((project.root / ".localml" / "endpoints" / project.endpoint / "blue" / "build"
                        / "plan.json").read_text())["lock_file"].endswith(lock_file)
 

@@ -121,3 +121,25 @@ def test_init_failure_cause_is_the_users_frame_mapped_to_the_host():
     error = failure_error("the server stopped", log, {"/var/azureml-app/onlinescoring": "/p/onlinescoring"}, "fix it")
     text = error.render()
     assert "/p/onlinescoring/score.py:22" in text and "sklearn_regression_model.pkl" in text
+
+
+BUILD_LOG = """Step 1/4 : FROM localml/debian-python:3.11-bookworm AS environment
+ ---> 5c2e0a1b2c3d
+Step 2/4 : RUN pip install -r /tmp/requirements.txt
+ ---> Running in 0123456789ab
+Removing intermediate container 0123456789ab
+ ---> aaaaaaaaaaaa
+Step 3/4 : FROM localml/debian-python:3.11-bookworm
+ ---> 5c2e0a1b2c3d
+Step 4/4 : COPY --from=environment /opt/azureml-env /opt/azureml-env
+ ---> Using cache
+ ---> bbbbbbbbbbbb
+Successfully built bbbbbbbbbbbb""".splitlines()
+
+
+def test_a_builds_discarded_stages_are_its_leftovers_and_the_base_never_is():
+    from localml_tasks.image import leftover_stage_images
+
+    assert leftover_stage_images(BUILD_LOG, failed=False) == ["aaaaaaaaaaaa"]
+    assert leftover_stage_images(BUILD_LOG, failed=True) == ["aaaaaaaaaaaa", "bbbbbbbbbbbb"]
+    assert leftover_stage_images(BUILD_LOG[:3], failed=True) == []  # only FROM ran: the base is not ours
