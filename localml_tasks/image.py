@@ -355,6 +355,7 @@ def stream_build(context_dir: str, tag: str, failure: Callable[[list[str], str],
     """Run one build, echoing the lines that start with echo_prefix; returns the output lines.
     failure(lines so far, Docker's error) says what went wrong in the user's words."""
     lines: list[str] = []
+    finished = False
     try:
         for event in docker_engine.build(context_dir, tag, proxy_build_args(), nocache=no_cache,
                                          dockerfile=dockerfile):
@@ -363,9 +364,11 @@ def stream_build(context_dir: str, tag: str, failure: Callable[[list[str], str],
             lines.append(event.line)
             if echo_prefix and event.line.startswith(echo_prefix):
                 print(f"  {event.line}")
+        finished = True
     finally:
-        # the classic builder keeps each discarded stage (our pip stage: hundreds of MB) as an untagged image
-        for image in leftover_stage_images(lines, failed=docker_engine.image_id(tag) is None):
+        # the classic builder keeps each discarded stage (our pip stage: hundreds of MB) as an untagged image,
+        # and a failed or interrupted build its last stage too
+        for image in leftover_stage_images(lines, failed=not finished):
             docker_engine.remove_if_unused(image)
     return lines
 
