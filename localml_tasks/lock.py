@@ -92,6 +92,10 @@ def _flattened(text: str) -> str:
 
 def date_limits(requirements: list[str]) -> tuple[list[str], str | None]:
     """(uv arguments limiting each unpinned requirement, the pin that dates them) — none without a pin."""
+    unpinned = sorted({name for r in requirements if (name := normalized_name(r)) and not exact_version(r)
+                       and name not in SERVING_STACK})
+    if not unpinned:
+        return [], None  # nothing to date: the index is not asked
     newest: tuple[datetime, str] | None = None
     for requirement in requirements:
         name, version = normalized_name(requirement), exact_version(requirement)
@@ -104,10 +108,8 @@ def date_limits(requirements: list[str]) -> tuple[list[str], str | None]:
     # to the end of that day: what came out beside the pin is of its day too
     limit = (newest[0].astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
              + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    unpinned = sorted({name for r in requirements if (name := normalized_name(r)) and not exact_version(r)
-                       and name not in SERVING_STACK})
     arguments = [argument for name in unpinned for argument in ("--exclude-newer-package", f"{name}={limit}")]
-    return arguments, f"{newest[1]} ({newest[0]:%Y-%m-%d})" if arguments else None
+    return arguments, f"{newest[1]} ({newest[0]:%Y-%m-%d})"
 
 
 def lock_platform() -> str:

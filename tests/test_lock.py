@@ -126,3 +126,11 @@ def test_a_numpy_binary_mismatch_is_called_an_environment_problem():
     fix = environment_fix(died, "/home/me/project/environment/conda.yml")
     assert fix and "pin numpy in /home/me/project/environment/conda.yml" in fix and "rebuilt" in fix
     assert environment_fix("KeyError: 'no such column'", "conda.yml") is None
+
+
+def test_a_fully_pinned_file_asks_the_index_for_no_dates(monkeypatch):
+    def no_asking(name, version):
+        raise AssertionError("nothing unpinned: no date is needed")
+
+    monkeypatch.setattr(lock, "upload_day", no_asking)
+    assert lock.date_limits(["scikit-learn==1.2.2", "numpy==1.24.2", "debugpy"]) == ([], None)
