@@ -278,6 +278,9 @@ def start(spec: ContainerSpec) -> tuple[Any, dict[str, int], str]:
         else:
             reason = f"recreated: it was {old.status}"
         docker_engine.remove_container(old)
+        if old.attrs.get("Image"):
+            # an image rebuilt under the same tag (no_cache=1) left the old one untagged: it goes with its container
+            docker_engine.remove_if_unused(old.attrs["Image"])
     taken = docker_engine.ports_in_use_by_containers()
     last_error: LocalmlError | None = None
     for _ in range(5):  # another process may grab a port between our probe and Docker's bind

@@ -92,8 +92,10 @@ def remove_image(name: str) -> bool:
 
 def remove_if_unused(image_id: str) -> bool:
     """Remove an untagged image that nothing else uses (with its untagged parents); False when it is tagged,
-    has children or is gone: then it is someone's, or nobody's to remove."""
+    has children, a container uses it or it is gone: then it is someone's, or nobody's to remove."""
     try:
+        if client().images.get(image_id).tags:
+            return False  # by id, Docker would take a single tag away with it
         client().images.remove(image_id, noprune=False)
     except _docker().errors.APIError:  # ImageNotFound is one
         return False

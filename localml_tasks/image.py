@@ -356,6 +356,7 @@ def stream_build(context_dir: str, tag: str, failure: Callable[[list[str], str],
     failure(lines so far, Docker's error) says what went wrong in the user's words."""
     lines: list[str] = []
     finished = False
+    replaced = docker_engine.image_id(tag)  # a rebuild (no_cache=1) takes the tag from this image
     try:
         for event in docker_engine.build(context_dir, tag, proxy_build_args(), nocache=no_cache,
                                          dockerfile=dockerfile):
@@ -368,7 +369,10 @@ def stream_build(context_dir: str, tag: str, failure: Callable[[list[str], str],
     finally:
         # the classic builder keeps each discarded stage (our pip stage: hundreds of MB) as an untagged image,
         # and a failed or interrupted build its last stage too
-        for image in leftover_stage_images(lines, failed=not finished):
+        leftovers = leftover_stage_images(lines, failed=not finished)
+        if finished and replaced and replaced != docker_engine.image_id(tag):
+            leftovers.append(replaced)  # untagged now; a container still running it keeps it (and removes it)
+        for image in leftovers:
             docker_engine.remove_if_unused(image)
     return lines
 
