@@ -77,6 +77,11 @@ def container_name(endpoint: str, deployment: str) -> str:
     return f"localml-{endpoint}-{deployment}"
 
 
+def code_mount(deployment: Deployment) -> str:
+    """Where the code folder is mounted, as Azure mounts it: /var/azureml-app/<basename of the code folder>."""
+    return posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
+
+
 def model_dir_in_container(deployment: Deployment) -> str:
     # Azure mounts the parent of model.path here, so $AZUREML_MODEL_DIR/<basename of model.path> works;
     # model_mount_path moves the root of that layout (<root>/<name>/<version>/<basename>)
@@ -92,7 +97,7 @@ def server_environment(deployment: Deployment) -> dict[str, str]:
         environment["SCORING_TIMEOUT_MS"] = str(deployment.request_timeout_ms)
         environment["WORKER_COUNT"] = str(deployment.max_concurrent_requests)
     if deployment.code_dir:
-        code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
+        code_target = code_mount(deployment)
         script_dir, script_name = posixpath.split(deployment.scoring_script)
         environment["AML_APP_ROOT"] = posixpath.join(code_target, script_dir) if script_dir else code_target
         environment["AZUREML_ENTRY_SCRIPT"] = script_name
@@ -104,7 +109,7 @@ def _code_and_model_mounts(deployment: Deployment) -> list[dict[str, Any]]:
     if deployment.code_dir:
         # read-write: VS Code in the dev container edits this folder. localml itself never writes there,
         # and PYTHONDONTWRITEBYTECODE keeps the server from leaving root-owned __pycache__ folders in it.
-        code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
+        code_target = code_mount(deployment)
         mounts.append({"source": deployment.code_dir, "target": code_target, "read_only": False})
     if deployment.model_path:
         mounts.append({
@@ -125,7 +130,7 @@ def server_command(deployment: Deployment, debugger: bool, wait: bool) -> dict[s
     """What the supervisor runs: azmlinfsrv as Azure runs it (reloaded by gunicorn's own HUP), or its app in
     one process under debugpy (reloaded in that process)."""
     if debugger:
-        code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
+        code_target = code_mount(deployment)
         return debug_server_command("python", f"{BIN_DIR}/debug_server.py", server_port=CONTAINER_PORT,
                                     debug_port=DEBUG_CONTAINER_PORT, runtime_dir=RUNTIME_DIR, debugger=True,
                                     wait=wait, code_dir=code_target, host_code_dir=deployment.code_dir)
@@ -162,7 +167,7 @@ def render_container(
     this container instead of starting a second one. gpu: request every GPU (Docker device request)."""
     if deployment.inference_config:
         return render_custom_container(deployment, image_tag, image_id, devcontainer_folder, gpu=gpu)
-    code_target = posixpath.join(APP_ROOT, Path(deployment.code_dir).name)
+    code_target = code_mount(deployment)
     environment = {"PYTHONDONTWRITEBYTECODE": "1", **server_environment(deployment)}
     mounts = _code_and_model_mounts(deployment)
     mounts.append({"source": str(IN_CONTAINER), "target": BIN_DIR, "read_only": True})

@@ -290,8 +290,7 @@ def prepare_build_context(conda_file: Path, declared_image: str, base_image: str
         if warning:
             print(f"warning: {warning}")
         dockerfile = render_dockerfile(env, with_ca=ca is not None)
-        locked = lock_environment(env.requirements, ".".join(base_python.split(".")[:2]), lock_platform(),
-                                  env.conda_file, relock=relock)
+        locked = lock_environment(env.requirements, base_python, lock_platform(), env.conda_file, relock=relock)
         if locked.note:
             print(f"warning: {locked.note}")
         write_if_changed(build_dir / "requirements.txt", locked.text)

@@ -136,7 +136,9 @@ def compile_lock(requirements: list[str], python_version: str, platform: str, ex
 
 def lock_environment(requirements: list[str], python_version: str, platform: str, conda_file: str, *,
                      relock: bool = False) -> Lock:
-    """The lock for these requirements on this Python and platform: reused, or resolved now."""
+    """The lock for these requirements on this Python (X.Y, or X.Y.Z: the patch level does not matter) and
+    platform: reused, or resolved now."""
+    python_version = ".".join(python_version.split(".")[:2])
     path = state_root() / "locks" / f"{lock_key(requirements, python_version, platform)}.txt"
     if path.exists() and not relock:
         text = path.read_text(encoding="utf-8")
