@@ -350,8 +350,8 @@ def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_autom
                                  where=f"this machine's Python ({python})")
     if warning:
         print(f"warning: {warning}")
-    locked = lock_stage.lock_environment(env.requirements, ".".join(version.split(".")[:2]),
-                                         lock_stage.lock_platform(), env.conda_file, relock=relock)
+    locked = lock_stage.lock_environment(env.requirements, version, lock_stage.lock_platform(), env.conda_file,
+                                         relock=relock)
     if locked.note:
         print(f"warning: {locked.note}")
     # the venv installs exactly the lock, as the image does
@@ -791,9 +791,10 @@ def invoke_endpoint(target: Target, request_path: Path, named: str | None) -> No
                          headers={invoke.DEPLOYMENT_HEADER: named} if named else None)
     answered = result.deployment
     if result.script_failed and answered:
-        load = server.read_load(Target(target.spec_path, target.endpoint, answered).runtime_dir)
+        answering = Target(target.spec_path, target.endpoint, answered)
+        load = server.read_load(answering.runtime_dir)
         if load and load.outcome == "failed":
-            raise load_failure(load, target, f"deployment {answered} answered {result.status}")
+            raise load_failure(load, answering, f"deployment {answered} answered {result.status}")
     if not 200 <= result.status < 300:
         # the server answers "check the logs": we do, and show the traceback through run()
         running = _running(Target(target.spec_path, target.endpoint, answered), required=False) if answered else None

@@ -370,10 +370,7 @@ class ScriptHost:
         self.serial += 1
         record = {"pid": os.getpid(), "serial": self.serial, "outcome": outcome, "started_at": started,
                   "took_ms": round((time.perf_counter() - clock) * 1000, 1), **details}
-        path = os.path.join(self.runtime_dir, RELOAD_FILE)
-        with open(path + ".tmp", "w") as handle:
-            json.dump(record, handle)
-        os.replace(path + ".tmp", path)
+        _write_for_the_host(self.runtime_dir, RELOAD_FILE, record)
 
     # --- serving ------------------------------------------------------------------------------------
 
@@ -493,14 +490,18 @@ def _listen_for_debugger(host, port):
             time.sleep(0.1)
 
 
+def _write_for_the_host(runtime_dir, name, data):
+    """A JSON file in the folder shared with the host, replaced whole: the host never reads half of one."""
+    path = os.path.join(runtime_dir, name)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(data, handle)
+    os.replace(path + ".tmp", path)
+
+
 def _tell_the_host(runtime_dir, debug_port):
     """A debugger can attach from now on: say so in the folder shared with the host."""
-    if not runtime_dir:
-        return
-    path = os.path.join(runtime_dir, "debugpy.json")
-    with open(path + ".tmp", "w") as handle:
-        json.dump({"pid": os.getpid(), "port": debug_port}, handle)
-    os.replace(path + ".tmp", path)
+    if runtime_dir:
+        _write_for_the_host(runtime_dir, "debugpy.json", {"pid": os.getpid(), "port": debug_port})
 
 
 def main():
