@@ -21,13 +21,26 @@ from rich.syntax import Syntax
 
 from . import build_context as context_stage
 from . import container as container_stage
-from . import devcontainer, docker_engine, health, image, invoke, lifecycle, process_runtime, server, vscode, watch
+from . import (
+    devcontainer,
+    docker_engine,
+    health,
+    image,
+    invoke,
+    lifecycle,
+    process_runtime,
+    server,
+    uv_install,
+    vscode,
+    watch,
+)
 from . import endpoint as endpoint_stage
 from . import lock as lock_stage
 from .config import CONFIG_FILE_NAME, ProjectConfig, load_project_config
 from .environment import ResolvedEnvironment, resolve_environment
 from .errors import LocalmlError, Problem
 from .overrides import Overrides
+from .progress import Progress
 from .spec import Deployment, load_deployment
 from .state import current_file, deployment_dir, read_json, write_json_if_changed
 
@@ -268,14 +281,28 @@ def build(target: Target, no_cache: bool) -> None:
         # doit has no record for this deployment yet, but the tag (a hash of what goes in) exists
         _line("image", f"reused {plan.tag}: the same environment is already built")
         return
-    why = " without Docker's cache (no_cache=1)" if no_cache else ""
-    _line("image", f"building {plan.tag} from {plan.source}{why} …")
-    if plan.kind == "context":
-        image_id, seconds = context_stage.build(target.build_dir, say=lambda text: _line("image", text),
-                                                no_cache=no_cache)
+    why = (" from the base image (no_cache=1)" if plan.kind == "uv" else " without Docker's cache (no_cache=1)") \
+        if no_cache else ""
+    how = {"uv": f"{plan.source}'s lock with uv", "pip": f"{plan.source}'s lock with pip"}.get(plan.kind, plan.source)
+    _line("image", f"building {plan.tag} from {how}{why} …")
+    installed = None
+    with Progress(out, "image") as progress:
+        if plan.kind == "context":
+            image_id, seconds = context_stage.build(target.build_dir, say=lambda text: _line("image", text),
+                                                    progress=progress, no_cache=no_cache)
+        elif plan.kind == "uv":
+            try:
+                installed = uv_install.build(target.build_dir, progress=progress, from_base=no_cache)
+            except uv_install.UvCannotRun:
+                _line("image", f"{plan.base_image} cannot run uv: installing the lock with pip instead")
+                image.write_installer(target.build_dir, "pip", plan.base_image, Path(plan.conda_file).name)
+                image_id, seconds = image.build_image(target.build_dir, progress=progress, no_cache=no_cache)
+        else:
+            image_id, seconds = image.build_image(target.build_dir, progress=progress, no_cache=no_cache)
+    if installed:
+        _line("image", f"built {plan.tag} ({installed.image_id[7:19]}) {installed.describe()}")
     else:
-        image_id, seconds = image.build_image(target.build_dir, no_cache=no_cache)
-    _line("image", f"built {plan.tag} ({image_id[7:19]}) in {seconds:.1f} s")
+        _line("image", f"built {plan.tag} ({image_id[7:19]}) in {seconds:.1f} s")
 
 
 def image_is_current(target: Target) -> bool:

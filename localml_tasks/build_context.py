@@ -30,12 +30,14 @@ from .image import (
     CA_FILE_NAME,
     CONDA_FILE_NAME,
     CONTAINER_PORT,
+    INSTALL_SCRIPT_NAME,
     RUNTIME_DIR,
     ImagePlan,
     host_ca_bundle,
     image_tag,
     load_plan,
     parse_build_failure,
+    remove_files,
     stream_build,
     write_ca_copy,
 )
@@ -296,8 +298,7 @@ def prepare(context: Path, dockerfile_path: str, build_dir: Path, config: Projec
     build_dir.mkdir(parents=True, exist_ok=True)
     write_if_changed(build_dir / "Dockerfile", layer)
     write_if_changed(build_dir / LAYER_SCRIPT_NAME, script)
-    write_if_changed(build_dir / "requirements.txt", "")  # kept: the image task lists it
-    (build_dir / CONDA_FILE_NAME).unlink(missing_ok=True)
+    remove_files(build_dir, "requirements.txt", CONDA_FILE_NAME, INSTALL_SCRIPT_NAME)
     write_ca_copy(build_dir, ca)
     final = images[-1] if images else {"name": "", "local": "", "id": ""}
     plan = ImagePlan(
@@ -313,7 +314,7 @@ def prepare(context: Path, dockerfile_path: str, build_dir: Path, config: Projec
 # --- image stage -----------------------------------------------------------------------------
 
 
-def build(build_dir: Path, *, say: Callable[[str], None] = print, echo: bool = True,
+def build(build_dir: Path, *, say: Callable[[str], None] = print, progress: Callable[[str], None] | None = None,
           no_cache: bool = False) -> tuple[str, float]:
     """Build the user's image as-is, then our layer on it; returns (image id, seconds)."""
     plan = load_plan(build_dir)
@@ -335,7 +336,7 @@ def build(build_dir: Path, *, say: Callable[[str], None] = print, echo: bool = T
     try:
         stream_build(context, plan.user_tag,
                      lambda lines, error: user_build_failure(lines, error, dockerfile, context),
-                     echo_prefix="Step " if echo else None, no_cache=no_cache, dockerfile=plan.dockerfile_path)
+                     progress=progress, no_cache=no_cache, dockerfile=plan.dockerfile_path)
     finally:
         for name, before in lent:  # the name goes back to what it named, or away: no alias tag stays behind
             if before:
@@ -346,7 +347,7 @@ def build(build_dir: Path, *, say: Callable[[str], None] = print, echo: bool = T
     def failure(lines: list[str], error: str) -> LocalmlError:
         return layer_failure(lines, error, str(dockerfile))
 
-    lines = stream_build(str(build_dir), plan.tag, failure, echo_prefix=LAYER_MARKER if echo else None,
+    lines = stream_build(str(build_dir), plan.tag, failure, progress=progress, markers=(LAYER_MARKER,),
                          no_cache=no_cache)
     image_id = docker_engine.image_id(plan.tag)
     if image_id is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -249,3 +249,61 @@ def container_logs(container: Container, tail: int | str = "all", since: float |
 def follow_logs(container: Container, tail: int | str) -> Iterator[str]:
     for chunk in container.logs(stream=True, follow=True, tail=tail):
         yield chunk.decode(errors="replace")
+
+
+# --- install containers (uv_install.py) ----------------------------------------------------
+
+
+def image_config(image: str) -> dict[str, Any]:
+    """The image's configuration (Env, User, Cmd ...), as `docker inspect` shows it."""
+    return client().images.get(image).attrs.get("Config") or {}
+
+
+def images_labelled(label: str) -> list[tuple[str, dict[str, str]]]:
+    """(id, labels) of every tagged image carrying the label (name=value)."""
+    return [(found.id, found.labels or {}) for found in client().images.list(filters={"label": label})]
+
+
+def run_install(image: str, archive: bytes, command: list[str], volume: str, volume_target: str,
+                on_line: Callable[[str], None], commit: Callable[[Container], None], *, as_root: bool) -> int:
+    """Run command in a throwaway container of image (as root when as_root: the image's user is another),
+    with archive unpacked at / and the named volume mounted; each output line goes to on_line; on exit
+    code 0, commit(container) before it is removed. Returns the exit code. The container is removed
+    whatever happens (Ctrl-C included). Nothing is set on it that a commit would carry into the image
+    but what as_root and command change, which the commit sets again."""
+    docker = _docker()
+    client().volumes.create(volume, labels={"localml": "uv-cache"})  # existing: returned as it is
+    try:
+        container = client().containers.create(
+            image, command=command, entrypoint=[], user="0:0" if as_root else None,
+            name=f"localml-install-{os.urandom(4).hex()}",
+            mounts=[docker.types.Mount(target=volume_target, source=volume, type="volume")])
+    except docker.errors.APIError as exc:
+        raise LocalmlError.one(f"Docker could not create the install container: {_short(exc)}") from None
+    try:
+        container.put_archive("/", archive)
+        container.start()
+        pending = ""
+        for chunk in container.logs(stream=True, follow=True):
+            *lines, pending = (pending + _ANSI.sub("", chunk.decode(errors="replace"))).split("\n")
+            for line in lines:
+                on_line(line.rstrip("\r"))
+        if pending:
+            on_line(pending)
+        code = int(container.wait().get("StatusCode", 1))
+        if code == 0:
+            commit(container)
+        return code
+    except docker.errors.APIError as exc:
+        raise LocalmlError.one(f"the install container failed: {_short(exc)}") from None
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+
+
+def commit(container: Container, tag: str, changes: list[str]) -> str:
+    repository, _, name = tag.rpartition(":")
+    try:
+        return container.commit(repository=repository, tag=name, changes=changes).id
+    except _docker().errors.APIError as exc:
+        raise LocalmlError.one(f"could not commit the environment image {tag}: {_short(exc)}") from None

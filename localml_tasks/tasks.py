@@ -161,7 +161,7 @@ def task_image() -> Iterator[dict[str, Any]]:
             "name": target.deployment,
             "actions": [_guard(actions.build, target, no_cache)],
             "task_dep": [f"environment:{target.deployment}"],
-            "file_dep": [build / "Dockerfile", build / "requirements.txt", build / "plan.json"],
+            "file_dep": [build / "plan.json"],  # its tag is a hash of everything the image is built from
             "uptodate": [(actions.image_is_current, [target]) if not no_cache else False],
         }
 

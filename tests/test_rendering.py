@@ -11,6 +11,7 @@ from localml_tasks.spec import load_deployment
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
+BASE = "localml/debian-python:3.11-bookworm"
 
 
 def env(**overrides) -> ResolvedEnvironment:
@@ -21,8 +22,8 @@ def env(**overrides) -> ResolvedEnvironment:
     return ResolvedEnvironment(**values)
 
 
-def test_dockerfile_installs_the_environment_first_and_copies_no_code_or_model():
-    text = render_dockerfile(env(), with_ca=True)
+def test_the_pip_dockerfile_installs_the_environment_first_and_copies_no_code_or_model():
+    text = render_dockerfile(BASE, "conda.yml", with_ca=True)
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert lines[0] == "FROM localml/debian-python:3.11-bookworm AS environment"
     # the venv + pip install is the first thing built on the base image
@@ -41,12 +42,12 @@ def test_dockerfile_installs_the_environment_first_and_copies_no_code_or_model()
 
 
 def test_dockerfile_without_a_host_ca_bundle_has_no_ca_step():
-    text = render_dockerfile(env(), with_ca=False)
+    text = render_dockerfile(BASE, "conda.yml", with_ca=False)
     assert "ca.crt" not in text and "PIP_CERT" not in text
 
 
 def test_image_tag_is_a_content_hash_of_what_goes_in():
-    dockerfile = render_dockerfile(env(), with_ca=True)
+    dockerfile = render_dockerfile(BASE, "conda.yml", with_ca=True)
     tag = image_tag(dockerfile, "a\n", "sha256:1")
     assert tag.startswith("localml/env:") and len(tag.split(":")[1]) == 16
     assert tag == image_tag(dockerfile, "a\n", "sha256:1")
