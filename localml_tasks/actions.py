@@ -23,6 +23,7 @@ from . import build_context as context_stage
 from . import container as container_stage
 from . import (
     devcontainer,
+    disk,
     docker_engine,
     health,
     image,
@@ -42,7 +43,7 @@ from .errors import LocalmlError, Problem
 from .overrides import Overrides
 from .progress import Progress
 from .spec import Deployment, load_deployment
-from .state import current_file, deployment_dir, read_json, write_json_if_changed
+from .state import STATE_DIR_NAME, current_file, deployment_dir, read_json, state_root, write_json_if_changed
 
 out = Console(highlight=False, soft_wrap=True)
 _errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -975,7 +976,6 @@ def list_endpoints() -> None:
     rows = lifecycle.list_local_endpoints()
     if not rows:
         _line("endpoints", "no local endpoints")
-        return
     for endpoint_name in sorted({row["endpoint_name"] or "" for row in rows}):
         router = endpoint_stage.find_router(endpoint_name)
         routes = endpoint_stage.read_routes(endpoint_name) if router else None
@@ -985,3 +985,10 @@ def list_endpoints() -> None:
         for row in (r for r in rows if r["endpoint_name"] == endpoint_name):
             out.print(f"  {row['name']:<16} {row['provisioning_state']:<10} {row['scoring_uri']:<40} "
                       f"{row['container']['status']}")
+    for text in disk.report(disk.measure(state_root()), STATE_DIR_NAME):
+        _line("disk", text)
+
+
+def prune(with_cache: bool) -> None:
+    for text in disk.prune(with_cache):
+        _line("prune", text)

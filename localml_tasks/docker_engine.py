@@ -307,3 +307,22 @@ def commit(container: Container, tag: str, changes: list[str]) -> str:
         return container.commit(repository=repository, tag=name, changes=changes).id
     except _docker().errors.APIError as exc:
         raise LocalmlError.one(f"could not commit the environment image {tag}: {_short(exc)}") from None
+
+
+def disk_usage() -> dict[str, Any]:
+    """The engine's `docker system df -v` data: Images (Size, SharedSize, Containers, RepoTags), Volumes."""
+    try:
+        return client().df()
+    except _docker().errors.APIError as exc:
+        raise LocalmlError.one(f"the engine could not say what it holds: {_short(exc)}") from None
+
+
+def remove_volume(name: str) -> bool:
+    """False when it does not exist; an error when it is in use."""
+    try:
+        client().volumes.get(name).remove()
+    except _docker().errors.NotFound:
+        return False
+    except _docker().errors.APIError as exc:
+        raise LocalmlError.one(f"could not remove volume {name}: {_short(exc)}") from None
+    return True

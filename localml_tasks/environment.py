@@ -118,8 +118,7 @@ def resolve_environment(conda_file: Path, declared_image: str, base_image: str, 
         if name == "python":
             python_version = _python_minor(rest)
             continue
-        if name == "pip":
-            continue
+        # pip, when listed, is a package like the others: the lock keeps it (uv's venv has none of its own)
         if name in CONDA_ONLY:
             if not conda_builds:
                 problems.append(Problem(

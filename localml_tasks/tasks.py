@@ -333,5 +333,10 @@ def task_delete() -> dict[str, Any]:
 
 
 def task_endpoints() -> dict[str, Any]:
-    """List every local endpoint (its address and traffic) and deployment on this machine."""
+    """List every local endpoint (its address and traffic) and deployment on this machine, and localml's disk use."""
     return {"actions": [_guard(actions.list_endpoints)], "uptodate": [False]}
+
+
+def task_prune() -> dict[str, Any]:
+    """Remove localml's images that no container uses; cache=1 empties the download cache too."""
+    return {"actions": [_guard(actions.prune, _flag("cache"))], "uptodate": [False]}

@@ -243,6 +243,7 @@ def build(build_dir: Path, *, progress: Callable[[str], None], from_base: bool =
     archive = install_files(lock_text, Path(plan.conda_file).name, image_uv_binary(lock_platform()),
                             host_ca_bundle())
     base_config = docker_engine.image_config(plan.base_image_id)
+    replaced = docker_engine.image_id(plan.tag)  # a rebuild (no_cache=1) takes the tag from this image
     lines: list[str] = []
 
     def note(line: str) -> None:
@@ -261,6 +262,8 @@ def build(build_dir: Path, *, progress: Callable[[str], None], from_base: bool =
     image_id = docker_engine.image_id(plan.tag)
     if image_id is None:
         raise LocalmlError.one(f"the install finished but {plan.tag} is missing")
+    if replaced and replaced != image_id:
+        docker_engine.remove_if_unused(replaced)  # untagged now; a container still running it keeps it
     changed = [found.groups() for line in lines if (found := re.match(r"^ ([+-]) (\S+==\S+)$", line))]
     return Installed(image_id, time.monotonic() - started, parent.image_id if parent else None,
                      [pin for sign, pin in changed if sign == "+"], [pin for sign, pin in changed if sign == "-"])

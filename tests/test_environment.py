@@ -20,6 +20,7 @@ def test_sample_conda_file_resolves_to_pinned_pip_requirements():
     env = resolve_environment(SAMPLE_CONDA, "declared:1", "local:1")
     assert env.python_version == "3.11"
     assert env.requirements == [
+        "pip",  # listed as a conda package: the lock keeps it, as conda would install it
         "azureml-inference-server-http==1.5.1",
         "scikit-learn==1.9.1",
         "joblib==1.6.0",
@@ -43,7 +44,7 @@ dependencies:
 """)
     env = resolve_environment(conda, "i", "i")
     assert env.python_version == "3.10"
-    assert env.requirements[:4] == ["numpy==1.26.*", "torch==2.1.0", "xgboost>=2.0", "pandas==2.1.4"]
+    assert env.requirements[:5] == ["pip", "numpy==1.26.*", "torch==2.1.0", "xgboost>=2.0", "pandas==2.1.4"]
     assert "azureml-defaults" in env.requirements
 
 

@@ -4,10 +4,12 @@ installed on the earlier image), and nothing of the install (uv, CA, proxy setti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 
+import docker
 import requests
 from conftest import Project
 
@@ -131,3 +133,41 @@ def test_adding_a_package_downloads_and_installs_only_that_package(project: Proj
     history = subprocess.run(["docker", "history", "--no-trunc", tag], capture_output=True, text=True).stdout
     assert secret not in history and "ca.crt" not in history
     assert not engine.containers.list(all=True, filters={"name": "localml-install-"})  # no install container left
+
+
+def test_disk_report_counts_our_images_only():
+    from localml_tasks.disk import DiskUsage, our_images, report
+
+    df = {"Images": [
+        {"RepoTags": ["localml/env:a"], "Size": 500_000_000, "SharedSize": 200_000_000, "Containers": 1},
+        {"RepoTags": ["localml/env:b", "mine:1"], "Size": 400_000_000, "SharedSize": 350_000_000, "Containers": 0},
+        {"RepoTags": ["python:3.11"], "Size": 900_000_000, "SharedSize": 0, "Containers": 3},
+    ]}
+    images = our_images(df)
+    assert [image.tags for image in images] == [["localml/env:a"], ["localml/env:b"]]  # never another repository
+    lines = report(DiskUsage(images, 270_000_000, 1_000, {"locks": 1_000}), ".localml")
+    assert lines[0].startswith("images: 2 of localml's") and "1 used by a container" in lines[0]
+    assert "at least 350.0 MB" in lines[0]
+    assert lines[1].startswith("download cache: 270.0 MB")
+    assert lines[-1].startswith("doit prune removes the 1 image(s) no container uses (at least 50.0 MB)")
+
+
+def test_prune_removes_only_unused_images_of_localml(project: Project, engine):
+    started = project.run("debug", f"spec={project.spec}", "vscode=0")
+    assert started.returncode == 0, started.stdout + started.stderr
+    in_use = _image_of(project, engine)
+    base = engine.images.get("localml/debian-python:3.11-bookworm")
+    base.tag("localml/env", "prune-test")  # one of ours by name, used by no container
+    try:
+        listing = project.run("endpoints")
+        assert listing.returncode == 0, listing.stdout + listing.stderr
+        assert re.search(r"^disk +images: \d+ of localml's", listing.stdout, re.M), listing.stdout
+        assert re.search(r"^disk +doit prune removes the \d+ image", listing.stdout, re.M), listing.stdout
+        pruned = project.run("prune")
+        assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+        assert "removed image localml/env:prune-test" in pruned.stdout
+        assert engine.images.get(in_use)  # the running deployment's image stays
+        assert "localml/debian-python:3.11-bookworm" in engine.images.get(base.id).tags  # not ours: untouched
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            engine.images.remove("localml/env:prune-test")
