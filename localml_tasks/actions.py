@@ -238,9 +238,10 @@ def resolve(target: Target, allow_python_mismatch: str, relock: bool = False) ->
     assert deployment.conda_file and deployment.image  # validation guarantees both
     base = config.resolve_image(deployment.image)
     allowed_by = python_mismatch_allowance(target, allow_python_mismatch, config)
-    plan, env, locked = image.prepare_build_context(Path(deployment.conda_file), deployment.image, base,
-                                                    target.build_dir, python_mismatch_allowed_by=allowed_by,
-                                                    relock=relock)
+    with Progress(out, "environment") as progress:
+        plan, env, locked = image.prepare_build_context(Path(deployment.conda_file), deployment.image, base,
+                                                        target.build_dir, python_mismatch_allowed_by=allowed_by,
+                                                        relock=relock, progress=progress)
     via = f" (alias of {deployment.image})" if base != deployment.image else ""
     if plan.kind == "conda":
         _line("environment", f"conda {plan.conda_version} in the base image: conda env create from "
@@ -378,8 +379,9 @@ def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_autom
                                  where=f"this machine's Python ({python})")
     if warning:
         print(f"warning: {warning}")
-    locked = lock_stage.lock_environment(env.requirements, version, lock_stage.lock_platform(), env.conda_file,
-                                         relock=relock)
+    with Progress(out, "environment") as progress:
+        locked = lock_stage.lock_environment(env.requirements, version, lock_stage.lock_platform(), env.conda_file,
+                                             relock=relock, progress=progress)
     if locked.note:
         print(f"warning: {locked.note}")
     # the venv installs exactly the lock, as the image does

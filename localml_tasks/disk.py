@@ -16,7 +16,7 @@ from typing import Any
 from . import docker_engine
 from .build_context import USER_IMAGE_REPOSITORY
 from .image import IMAGE_REPOSITORY
-from .uv_install import CACHE_VOLUME
+from .uv_install import cache_volume
 
 OUR_REPOSITORIES = (IMAGE_REPOSITORY, USER_IMAGE_REPOSITORY)
 
@@ -51,7 +51,7 @@ def our_images(df: dict[str, Any]) -> list[OurImage]:
 
 def cache_size(df: dict[str, Any]) -> int | None:
     for volume in df.get("Volumes") or []:
-        if volume.get("Name") == CACHE_VOLUME:
+        if volume.get("Name") == cache_volume():
             return int((volume.get("UsageData") or {}).get("Size") or 0)
     return None
 
@@ -94,7 +94,7 @@ def report(usage: DiskUsage, state_name: str) -> list[str]:
     else:
         lines.append("images: none of localml's")
     if usage.cache_bytes is not None:
-        lines.append(f"download cache: {size_text(usage.cache_bytes)} (Docker volume {CACHE_VOLUME}, "
+        lines.append(f"download cache: {size_text(usage.cache_bytes)} (Docker volume {cache_volume()}, "
                      "shared by every project's builds)")
     parts = ", ".join(f"{name} {size_text(size)}" for name, size in usage.state_parts.items() if size)
     lines.append(f"state: {size_text(usage.state_bytes)} in {state_name}/ of this folder" + (f" ({parts})" if parts
@@ -117,6 +117,6 @@ def prune(with_cache: bool) -> list[str]:
         for tag in found.tags:
             if docker_engine.remove_image(tag):
                 done.append(f"removed image {tag} ({size_text(found.own)} of its own)")
-    if with_cache and docker_engine.remove_volume(CACHE_VOLUME):
-        done.append(f"removed the download cache (Docker volume {CACHE_VOLUME})")
+    if with_cache and docker_engine.remove_volume(cache_volume()):
+        done.append(f"removed the download cache (Docker volume {cache_volume()})")
     return done or ["nothing to remove: every image of localml's is used by a container"]

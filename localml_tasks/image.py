@@ -273,8 +273,9 @@ def base_conda_version(image: str, image_id: str) -> str | None:
 
 
 def prepare_build_context(conda_file: Path, declared_image: str, base_image: str, build_dir: Path, *,
-                          python_mismatch_allowed_by: str | None,
-                          relock: bool = False) -> tuple[ImagePlan, ResolvedEnvironment, Lock | None]:
+                          python_mismatch_allowed_by: str | None, relock: bool = False,
+                          progress: Callable[[str], None] = lambda text: None,
+                          ) -> tuple[ImagePlan, ResolvedEnvironment, Lock | None]:
     """Choose the conda or pip path for the base image, then write Dockerfile, requirements.txt (the lock, on
     the pip path), the conda file and CA copies, and plan.json; only changed files are rewritten."""
     base_id = resolve_base_image(declared_image, base_image)
@@ -299,7 +300,8 @@ def prepare_build_context(conda_file: Path, declared_image: str, base_image: str
         warning = check_python(env, base_python, allowed_by=python_mismatch_allowed_by)
         if warning:
             print(f"warning: {warning}")
-        locked = lock_environment(env.requirements, base_python, lock_platform(), env.conda_file, relock=relock)
+        locked = lock_environment(env.requirements, base_python, lock_platform(), env.conda_file, relock=relock,
+                                  progress=progress)
         if locked.note:
             print(f"warning: {locked.note}")
         write_if_changed(build_dir / "requirements.txt", locked.text)

@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -135,7 +136,7 @@ def compile_lock(requirements: list[str], python_version: str, platform: str, ex
 
 
 def lock_environment(requirements: list[str], python_version: str, platform: str, conda_file: str, *,
-                     relock: bool = False) -> Lock:
+                     relock: bool = False, progress: Callable[[str], None] = lambda text: None) -> Lock:
     """The lock for these requirements on this Python (X.Y, or X.Y.Z: the patch level does not matter) and
     platform: reused, or resolved now."""
     python_version = ".".join(python_version.split(".")[:2])
@@ -144,8 +145,11 @@ def lock_environment(requirements: list[str], python_version: str, platform: str
         text = path.read_text(encoding="utf-8")
         limited = re.search(r"^# unpinned requirements as of (.+)$", text, re.M)
         return Lock(path, text, _count(text), False, limited[1] if limited else None)
+    if any(not exact_version(requirement) for requirement in requirements):
+        progress("asking the package index when the pinned requirements were released")
     limits, limited_by = date_limits(requirements)
     note = None
+    progress(f"resolving {len(requirements)} requirements with uv for Python {python_version} on {platform}")
     code, output = compile_lock(requirements, python_version, platform, limits)
     if code != 0 and limits:
         note = f"no resolution as of {limited_by}: resolved without the date limit"

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
 CACHE_VOLUME = "localml-uv-cache"  # one per engine: every project's builds share the downloads
+CACHE_VOLUME_ENV = "LOCALML_CACHE_VOLUME"  # another volume (the bench measures cold builds with an empty one)
 CACHE_MOUNT = "/tmp/localml-uv-cache"
 INSTALL_DIR = "/tmp/localml-install"  # uv, the lock, CA and secrets: removed before the commit
 MAX_LAYERS = 3  # install layers stacked on one base image before a build starts over from it
@@ -252,7 +253,7 @@ def build(build_dir: Path, *, progress: Callable[[str], None], from_base: bool =
         if text:
             progress(text)
 
-    code = docker_engine.run_install(start_image, archive, ["sh", f"{INSTALL_DIR}/install.sh"], CACHE_VOLUME,
+    code = docker_engine.run_install(start_image, archive, ["sh", f"{INSTALL_DIR}/install.sh"], cache_volume(),
                                      CACHE_MOUNT, note, as_root=not _is_root(base_config.get("User")),
                                      commit=lambda container: _commit(container, plan, base_config, pins, layers))
     if code == UV_CANNOT_RUN:
@@ -281,6 +282,10 @@ def _commit(container: Container, plan: ImagePlan, base_config: dict, pins: set[
     if not _is_root(base_config.get("User")):
         changes.append(f"USER {base_config['User']}")  # the install ran as root; the image keeps its user
     docker_engine.commit(container, plan.tag, changes)
+
+
+def cache_volume() -> str:
+    return os.environ.get(CACHE_VOLUME_ENV) or CACHE_VOLUME
 
 
 def _is_root(user: str | None) -> bool:

@@ -105,13 +105,13 @@ def aliased_to(project: Project, local_image: str) -> Project:
 
 
 def environment_stage(project: Project) -> tuple[str, dict, str]:
-    """Run validate + environment; (stdout+stderr, plan.json, the generated Dockerfile)."""
+    """Run validate + environment; (stdout+stderr, plan.json, the generated Dockerfile or uv install script)."""
     result = project.run("environment", f"spec={project.spec}")
     build = next((project.root / ".localml").glob("endpoints/*/blue/build"), None)
     if result.returncode != 0 or build is None:
         return result.stdout + result.stderr, {}, ""
-    return (result.stdout + result.stderr, json.loads((build / "plan.json").read_text()),
-            (build / "Dockerfile").read_text())
+    recipe = next(path for path in (build / "Dockerfile", build / "install.sh") if path.exists())
+    return result.stdout + result.stderr, json.loads((build / "plan.json").read_text()), recipe.read_text()
 
 
 def test_conda_is_detected_in_the_base_image_and_cached_per_image_id(engine, fake_conda_image, tmp_path,
@@ -137,13 +137,13 @@ def test_environment_stage_takes_the_conda_path_for_a_conda_base(engine, fake_co
     assert (build / "conda.yml").read_text() == (project.root / "environment" / "conda.yml").read_text()
 
 
-def test_environment_stage_takes_the_pip_path_without_conda(engine, tmp_path):
+def test_environment_stage_takes_the_uv_path_without_conda(engine, tmp_path):
     project = sample_copy(tmp_path / "project")  # localml.yml: the Azure image -> localml/debian-python
-    output, plan, dockerfile = environment_stage(project)
+    output, plan, script = environment_stage(project)
     assert plan, output
-    assert plan["kind"] == "pip" and plan["conda_version"] is None
-    assert "python3 -m venv /opt/azureml-env" in dockerfile and "conda" not in dockerfile.lower().replace(
-        "conda.yml", "")
+    assert plan["kind"] == "uv" and plan["conda_version"] is None
+    assert "uv\" venv --python python3 /opt/azureml-env" in script and "conda env" not in script
+    assert not (project.root / ".localml" / "endpoints" / project.endpoint / "blue" / "build" / "Dockerfile").exists()
 
 
 def test_conda_only_packages_and_python_pins_matter_on_the_pip_path_only(engine, fake_conda_image, tmp_path):
