@@ -71,6 +71,8 @@ class ContainerSpec:
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {path, port: container port}
     gpu: bool = False
     custom: bool = False
+    # resources.limits as Docker's create arguments: mem_limit, memswap_limit (no swap, as in Kubernetes), nano_cpus
+    limits: dict[str, int] = field(default_factory=dict)
 
 
 def container_name(endpoint: str, deployment: str) -> str:
@@ -158,6 +160,17 @@ def _config_hash(**identity: Any) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def resource_limits(deployment: Deployment) -> dict[str, int]:
+    """A Kubernetes deployment's resources.limits as Docker applies them: memory without swap (a Kubernetes
+    container gets none), CPU in billionths of a core. Empty without limits."""
+    limits: dict[str, int] = {}
+    if deployment.memory_limit:
+        limits["mem_limit"] = limits["memswap_limit"] = deployment.memory_limit
+    if deployment.cpu_limit:
+        limits["nano_cpus"] = round(deployment.cpu_limit * 1_000_000_000)
+    return limits
+
+
 def render_container(
     deployment: Deployment, image_tag: str, image_id: str, runtime_dir: Path, devcontainer_folder: Path,
     *, gpu: bool = False,
@@ -175,9 +188,11 @@ def render_container(
     command = ["python", f"{BIN_DIR}/supervisor.py", RUNTIME_DIR]  # as the image's CMD
     labels = {**_labels(deployment, devcontainer_folder, gpu), LABEL_CODE_TARGET: code_target}
     routes = inference_server_routes(CONTAINER_PORT)
+    limits = resource_limits(deployment)
     # a new supervisor (a localml upgrade) needs a new container
     config_hash = _config_hash(image=image_tag, image_id=image_id, command=command, env=environment, mounts=mounts,
-                               labels=labels, gpu=gpu, supervisor=hashlib.sha256(SUPERVISOR.read_bytes()).hexdigest())
+                               labels=labels, gpu=gpu, supervisor=hashlib.sha256(SUPERVISOR.read_bytes()).hexdigest(),
+                               **({"limits": limits} if limits else {}))
     return ContainerSpec(
         name=container_name(deployment.endpoint_name, deployment.deployment_name),
         image=image_tag, command=command, environment=environment, mounts=mounts,
@@ -185,6 +200,7 @@ def render_container(
         app_root=environment.get("AML_APP_ROOT", code_target), code_target=code_target,
         model_dir=model_dir_in_container(deployment),
         container_ports={"scoring": CONTAINER_PORT, "debug": DEBUG_CONTAINER_PORT}, routes=routes, gpu=gpu,
+        limits=limits,
     )
 
 
@@ -201,14 +217,15 @@ def render_custom_container(deployment: Deployment, image_tag: str, image_id: st
     mounts = _code_and_model_mounts(deployment)
     code_target = mounts[0]["target"] if deployment.code_dir else ""
     labels = {**_labels(deployment, devcontainer_folder, gpu), LABEL_CODE_TARGET: code_target, LABEL_CUSTOM: "1"}
+    limits = resource_limits(deployment)
     config_hash = _config_hash(image=image_tag, image_id=image_id, env=environment, mounts=mounts, labels=labels,
-                               routes=routes, gpu=gpu)
+                               routes=routes, gpu=gpu, **({"limits": limits} if limits else {}))
     return ContainerSpec(
         name=container_name(deployment.endpoint_name, deployment.deployment_name),
         image=image_tag, command=[], environment=environment, mounts=mounts, labels=labels,
         config_hash=config_hash, app_root=environment.get("AML_APP_ROOT", ""), code_target=code_target,
         model_dir=model_dir_in_container(deployment), container_ports=container_ports, routes=routes, gpu=gpu,
-        custom=True,
+        custom=True, limits=limits,
     )
 
 
@@ -301,7 +318,7 @@ def start(spec: ContainerSpec) -> tuple[Any, dict[str, int], str]:
                 image=spec.image, name=spec.name, command=spec.command or None, environment=spec.environment,
                 labels=labels, detach=True, gpu=spec.gpu,
                 ports={f"{spec.container_ports[role]}/tcp": (LOOPBACK, port) for role, port in host_ports.items()},
-                binds=spec.mounts,
+                binds=spec.mounts, **spec.limits,
             )
         except LocalmlError as exc:
             last_error = exc

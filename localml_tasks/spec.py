@@ -1,13 +1,16 @@
 """Stage 1 — validate the deployment YAML (and its endpoint YAML) and resolve it to one record.
 
 Everything later reads the resolved record, never the YAML: paths are absolute, numbers in
-environment_variables are strings (as Azure coerces them), and every problem found here has
-the file, line and key that caused it.
+environment_variables are strings (as Azure coerces them), enum values are in the letter case
+Azure normalises them to (`auth_mode: Key` -> key), and every problem found here has the file,
+line and key that caused it. Keys Azure accepts that change nothing locally are accepted, each
+with one note the validate stage prints (Deployment.notes).
 """
 
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,11 +19,11 @@ from typing import Any
 import yaml
 
 from . import overrides as overrides_stage
-from . import schema
+from . import quantities, schema
 from .environment import resolve_environment
 from .errors import LocalmlError, Problem
-from .overrides import Override
-from .yamlsource import YamlDocument, load_yaml
+from .overrides import DEPLOYMENT, ENDPOINT, Override
+from .yamlsource import YamlDocument, dotted, load_yaml
 
 ENDPOINT_FILE_NAMES = ("endpoint.yml", "endpoint.yaml")
 
@@ -61,6 +64,11 @@ class Deployment:
     model_mount_path: str | None = None
     endpoint_data: dict[str, Any] = field(default_factory=dict)
     deployment_data: dict[str, Any] = field(default_factory=dict)
+    # resources.limits of a Kubernetes deployment, as Docker applies them (None: no limit)
+    memory_limit: int | None = None  # bytes
+    cpu_limit: float | None = None  # cores
+    # one line each, shown by the validate stage: keys Azure accepts that have no local effect, and the like
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,28 +83,35 @@ class Deployment:
 
 def peek_names(spec_path: Path, overrides: Sequence[Override] = ()) -> tuple[str, str]:
     """Best-effort (endpoint, deployment) names at task-load time, overrides included; never raises."""
-    endpoint, name = _peek_file_names(spec_path)
+    endpoint, name, named_here = _peek_file_names(spec_path)
     for override in overrides:  # in order: the last one wins, as when they are applied
-        if override.path == ("name",) and isinstance(override.value, str):
+        if override.remove and override.target == DEPLOYMENT and override.path == ("endpoint_name",):
+            endpoint, named_here = _endpoint_name_beside(spec_path) or "endpoint", False  # unset=endpoint_name
+        if override.remove or not isinstance(override.value, str):
+            continue
+        if override.target == DEPLOYMENT and override.path == ("name",):
             name = override.value
-        elif override.path == ("endpoint_name",) and isinstance(override.value, str):
-            endpoint = override.value
+        elif override.target == DEPLOYMENT and override.path == ("endpoint_name",):
+            endpoint, named_here = override.value, True
+        elif override.target == ENDPOINT and override.path == ("name",) and not named_here:
+            endpoint = override.value  # endpoint_set=name=...: the endpoint's name, when the deployment names none
     return endpoint, name
 
 
-def _peek_file_names(spec_path: Path) -> tuple[str, str]:
+def _peek_file_names(spec_path: Path) -> tuple[str, str, bool]:
+    """(endpoint, deployment, whether the deployment YAML names its endpoint itself)."""
     fallback = spec_path.stem.removesuffix("-deployment") or "deployment"
     try:
         data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return "endpoint", fallback
+        return "endpoint", fallback, False
     if not isinstance(data, dict):
-        return "endpoint", fallback
+        return "endpoint", fallback, False
     name = data.get("name") if isinstance(data.get("name"), str) else fallback
     endpoint = data.get("endpoint_name")
-    if not isinstance(endpoint, str):
-        endpoint = _endpoint_name_beside(spec_path) or "endpoint"
-    return endpoint, name
+    if isinstance(endpoint, str):
+        return endpoint, name, True
+    return _endpoint_name_beside(spec_path) or "endpoint", name, False
 
 
 def _endpoint_name_beside(spec_path: Path) -> str | None:
@@ -128,13 +143,14 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None,
             **doc.where(()), fix="a deployment YAML is a mapping at the top level",
         )
     # the overridden YAML is checked exactly like the file (the checker reads this same dict)
-    overrides_stage.apply(doc, list(overrides))
-
     endpoint_doc = _load_endpoint(spec_path, endpoint_path)
-    renamed = [o for o in overrides if o.path == ("endpoint_name",) and isinstance(o.value, str)]
-    if endpoint_doc and renamed:
-        # a command-line endpoint name names the endpoint too, as `az ml online-endpoint create --name` would
-        overrides_stage.apply(endpoint_doc, [Override(renamed[-1].label, ("name",), renamed[-1].value)])
+    notes, override_problems = _apply_overrides(doc, endpoint_doc, overrides)
+    if override_problems:
+        raise LocalmlError(override_problems)
+    # enum values in a letter case the CLI normalises (auth_mode: Key) become Azure's own (key), for every stage
+    schema.normalise(doc, "deployment")
+    if endpoint_doc:
+        schema.normalise(endpoint_doc, "endpoint")
     endpoint_data = endpoint_doc.data if endpoint_doc else {}
     schema_problems = schema.check(doc, "deployment")
     endpoint_problems = schema.check(endpoint_doc, "endpoint") if endpoint_doc else []
@@ -161,7 +177,9 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None,
     liveness = checker.probe(("liveness_probe",))
     timeout_ms = checker.request_timeout_ms()
     concurrency = checker.max_concurrent_requests()
+    memory_limit, cpu_limit = checker.resources()
     checker.traffic(endpoint_doc)
+    notes += checker.local_effects(endpoint_doc)
 
     # the schema's word on a key wins; the semantic checks add what it cannot know (files, code)
     reported = _keys_named(schema_problems)
@@ -192,7 +210,37 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None,
         model_mount_path=checker.model_mount_path,
         endpoint_data=endpoint_data or {},
         deployment_data=data,
+        memory_limit=memory_limit,
+        cpu_limit=cpu_limit,
+        notes=notes,
     )
+
+
+def _apply_overrides(doc: YamlDocument, endpoint_doc: YamlDocument | None,
+                     overrides: Sequence[Override]) -> tuple[list[str], list[Problem]]:
+    """set=/unset= on the deployment YAML, endpoint_set=/endpoint_unset= on the endpoint YAML, then the named
+    overrides: (notes to show, every problem of every override)."""
+    notes: list[str] = []
+    problems: list[Problem] = []
+    for target, document in ((DEPLOYMENT, doc), (ENDPOINT, endpoint_doc)):
+        chosen = [o for o in overrides if o.target == target]
+        if not chosen:
+            continue
+        if document is None:
+            problems += [Problem("there is no endpoint YAML to change", override=o.label,
+                                 fix="put endpoint.yml beside the deployment YAML, or name one with endpoint=<file>")
+                         for o in chosen]
+            continue
+        try:
+            notes += overrides_stage.apply(document, chosen)
+        except LocalmlError as exc:
+            problems += exc.problems
+    renamed = [o for o in overrides if o.target == DEPLOYMENT and not o.remove and o.path == ("endpoint_name",)
+               and isinstance(o.value, str)]
+    if endpoint_doc and renamed and not problems:
+        # a command-line endpoint name names the endpoint too, as `az ml online-endpoint create --name` would
+        overrides_stage.apply(endpoint_doc, [Override(renamed[-1].label, ("name",), renamed[-1].value, ENDPOINT)])
+    return notes, problems
 
 
 def _keys_named(problems: list[Problem]) -> set[str]:
@@ -235,6 +283,10 @@ def _load_endpoint(spec_path: Path, endpoint_path: Path | None) -> YamlDocument 
     return doc
 
 
+DOCKER_MIN_MEMORY = 6 * 1024 * 1024  # Docker refuses a smaller memory limit
+DOCKER_MIN_CPU = 0.01  # the smallest CPU share Docker applies (--cpus)
+
+
 def _kind(value: Any) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
         type(value), type(value).__name__
@@ -253,6 +305,7 @@ class _Checker:
         self.dockerfile_path: str | None = None
         self.inference_config: dict[str, Any] | None = None
         self.model_mount_path: str | None = None
+        self.limit_notes: list[str] = []  # what resources.limits does here (resources() finds it)
 
     def problem(self, key: tuple, message: str, fix: str | None = None) -> None:
         if message == "missing":
@@ -294,8 +347,10 @@ class _Checker:
             self.problem(key, f"expected a path string, found a {_kind(value)}")
             return None
         if value.startswith("azureml:"):
+            where = f"set={dotted(key)}=<local path>"
             self.problem(key, f"'{value}' is a workspace asset, not available locally",
-                         f"give a local path for the {what}")
+                         f"localml cannot download workspace assets: give a local path for the {what}, "
+                         f"in the file or on the command line: {where}")
             return None
         path = (self.base / value).resolve()
         if not path.exists():
@@ -364,6 +419,12 @@ class _Checker:
         if value is None:
             return None, "model", "1"
         if isinstance(value, str):
+            if value.startswith("azureml:"):
+                self.problem(key, f"'{value}' is a workspace asset, not available locally",
+                             "localml cannot download workspace models: point at a local copy of the model, in the "
+                             "file (model: {path: <folder>}) or on the command line: set=model.path=<folder> "
+                             "(which keeps the reference's name and version)")
+                return None, "model", "1"
             path = self.local_path(key, "model path")
             return path, (path.name if path else "model"), "1"
         if not isinstance(value, dict):
@@ -384,7 +445,9 @@ class _Checker:
         if isinstance(value, str):
             if value.startswith("azureml:"):
                 self.problem(key, f"'{value}' is a workspace environment, not available locally",
-                             "define it inline: environment: {image: ..., conda_file: ...}")
+                             "localml cannot fetch workspace environments: give a local conda file and base image, "
+                             "in the file (environment: {image: <base image>, conda_file: <conda.yml>}) or on the "
+                             'command line: set="environment.image=<base image> environment.conda_file=<conda.yml>"')
             else:
                 self.problem(key, "expected a mapping with image and conda_file")
             return None, None
@@ -408,10 +471,8 @@ class _Checker:
         elif not isinstance(image, str):
             self.problem((*key, "image"), f"expected a string, found a {_kind(image)}")
             image = None
+        # without conda_file, the image is the whole environment (Azure's too): it must hold the inference server
         conda = self.local_path((*key, "conda_file"), "conda file", directory=False)
-        if value.get("conda_file") is None:
-            self.problem((*key, "conda_file"), "missing",
-                         "add conda_file: <conda.yml listing azureml-inference-server-http under pip>")
         if conda is not None:
             try:
                 # conda-only packages are the environment stage's call: it knows whether the base has conda
@@ -447,6 +508,102 @@ class _Checker:
                              "write it as /var/azureml-app/model or similar")
             else:
                 self.model_mount_path = mount.rstrip("/") or "/"
+
+    def resources(self) -> tuple[int | None, float | None]:
+        """resources of a Kubernetes deployment: every quantity checked; limits.memory and limits.cpu as Docker
+        applies them (bytes, cores). Requests and GPU counts have no local effect (see local_effects)."""
+        memory: int | None = None
+        cpu: float | None = None
+        for kind in ("requests", "limits"):
+            values = self.get(("resources", kind))
+            if not isinstance(values, dict):
+                continue
+            for name in ("memory", "cpu"):
+                key = ("resources", kind, name)
+                raw = values.get(name)
+                if not isinstance(raw, str):
+                    continue  # missing, or not a string: the schema says so
+                try:
+                    amount = quantities.memory_bytes(raw) if name == "memory" else quantities.cpu_cores(raw)
+                except ValueError:
+                    examples = quantities.MEMORY_EXAMPLES if name == "memory" else quantities.CPU_EXAMPLES
+                    self.problem(key, f"{raw!r} is not a Kubernetes quantity", f"write it like {examples}")
+                    continue
+                if kind != "limits":
+                    continue
+                if name == "memory":
+                    if amount < DOCKER_MIN_MEMORY:
+                        self.problem(key, f"{raw} ({quantities.describe_bytes(int(amount))}) is below the "
+                                          f"{quantities.describe_bytes(DOCKER_MIN_MEMORY)} Docker gives a container "
+                                          "at least", "use at least 6Mi, or leave the limit out")
+                    else:
+                        memory = int(amount)
+                elif amount < DOCKER_MIN_CPU:
+                    self.problem(key, f"{raw} is below the {DOCKER_MIN_CPU} CPU Docker can limit a container to",
+                                 "use at least 10m, or leave the limit out")
+                else:
+                    host = os.cpu_count() or 1
+                    cpu = min(float(amount), float(host))  # Docker refuses more CPUs than the machine has
+                    if amount > host:
+                        self.limit_notes.append(f"resources.limits.cpu {raw} is more than the {host} CPUs here: "
+                                                f"the container may use all {host}")
+        limits = self.get(("resources", "limits"))
+        if isinstance(limits, dict):
+            applied = [f"{name} {limits[name]}" for name in ("memory", "cpu") if isinstance(limits.get(name), str)]
+            if applied:
+                self.limit_notes.insert(0, f"resources.limits: the container is limited to {' and '.join(applied)} "
+                                           "(Docker's --memory, --cpus; not in runtime=process)")
+            for gpu in ("nvidia.com/gpu", "gpu"):
+                if limits.get(gpu) is not None:
+                    self.limit_notes.append(f"resources.limits.{gpu} has no local effect (localml does not count "
+                                            "GPUs: gpu=1 gives the container every GPU of this machine)")
+        return memory, cpu
+
+    def local_effects(self, endpoint_doc: YamlDocument | None) -> list[str]:
+        """One note per key Azure accepts that changes nothing here, and what resources.limits does here (after
+        resources()). Silent: metadata, read-only keys, instance_type and instance_count 1 (one local container is the
+        instance), auth_mode (the local endpoint listens on 127.0.0.1 and asks no key or token)."""
+        notes: list[str] = []
+
+        def given(*key: str | int) -> Any:
+            return self.get(key) or None  # an empty mapping or false asks for nothing
+
+        if given("resources", "requests"):
+            notes.append("resources.requests has no local effect (a local container gets what Docker gives it)")
+        notes += self.limit_notes  # after resources(): what the limits do here
+        if given("scale_settings"):
+            notes.append("scale_settings has no local effect (one local container, no scaling)")
+        count = self.get(("instance_count",))
+        if isinstance(count, int) and not isinstance(count, bool) and count > 1:
+            notes.append(f"instance_count {count} has no local effect (one local container)")
+        if self.get(("request_settings", "max_queue_wait_ms")) is not None:
+            notes.append("request_settings.max_queue_wait_ms has no local effect (no request queue in front of the "
+                         "local server)")
+        if given("app_insights_enabled"):
+            notes.append("app_insights_enabled has no local effect (nothing goes to Application Insights; "
+                         "doit logs shows the server's log)")
+        if given("data_collector"):
+            notes.append("data_collector has no local effect (nothing is collected or uploaded)")
+        if self.get(("egress_public_network_access",)) == "disabled":
+            notes.append("egress_public_network_access: disabled has no local effect (the container uses this "
+                         "machine's network)")
+        if given("private_network_connection"):
+            notes.append("private_network_connection has no local effect (the container uses this machine's network)")
+        if given("with_package"):
+            notes.append("with_package has no local effect (the model is mounted as it is, not packaged)")
+        if isinstance(self.get(("environment",)), dict):
+            if self.get(("environment", "os_type")) == "windows":
+                notes.append("environment.os_type: windows has no local effect (localml runs Linux containers)")
+            if given("environment", "datastore"):
+                notes.append("environment.datastore has no local effect (nothing is uploaded)")
+        endpoint = endpoint_doc.data if endpoint_doc is not None and isinstance(endpoint_doc.data, dict) else {}
+        if isinstance(endpoint.get("compute"), str):
+            notes.append(f"compute has no local effect (the deployments run on this machine, not on "
+                         f"{endpoint['compute']})")
+        if endpoint.get("identity"):
+            notes.append("identity has no local effect (no managed identity here: the container gets no Azure "
+                         "credentials)")
+        return notes
 
     def traffic(self, endpoint_doc: YamlDocument | None) -> None:
         """Azure's rules the schema cannot state: live traffic sums to 0 or 100; a mirror gets no live traffic."""

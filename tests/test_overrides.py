@@ -88,6 +88,49 @@ def test_overrides_round_trip_through_the_command_line_variables():
     assert not Overrides() and given
 
 
+def test_endpoint_set_and_unset_are_overrides_of_their_own_file():
+    parsed = Overrides("a=1", endpoint_assignments="auth_mode=key traffic.blue=100", removals="scale_settings b[0]",
+                       endpoint_removals="mirror_traffic").parse()
+    assert [(o.label, o.target, o.remove, o.path, o.value) for o in parsed] == [
+        ("unset=scale_settings", "deployment", True, ("scale_settings",), None),
+        ("unset=b[0]", "deployment", True, ("b", 0), None),
+        ("set=a=1", "deployment", False, ("a",), 1),
+        ("endpoint_unset=mirror_traffic", "endpoint", True, ("mirror_traffic",), None),
+        ("endpoint_set=auth_mode=key", "endpoint", False, ("auth_mode",), "key"),
+        ("endpoint_set=traffic.blue=100", "endpoint", False, ("traffic", "blue"), 100),
+    ]
+    given = Overrides.from_vars({"endpoint_set": "auth_mode=key", "unset": "x", "endpoint_unset": "y", "set": ""})
+    assert given.as_vars() == {"endpoint_set": "auth_mode=key", "unset": "x", "endpoint_unset": "y"}
+    assert Overrides.from_vars(given.as_vars()) == given
+    assert given.argv() == ["endpoint_set=auth_mode=key", "unset=x", "endpoint_unset=y"]
+
+
+@pytest.mark.parametrize(("names", "label", "fragment", "fix"), [
+    ({"endpoint_assignments": "auth_mode"}, "endpoint_set=auth_mode", "no '=' between the key path and the value",
+     'write endpoint_set="key.path=value", e.g. endpoint_set="auth_mode=key"'),
+    ({"removals": "instance_count=1"}, "unset=instance_count=1", "unset= takes key paths only, without '=value'",
+     'write unset="key.path other.key", e.g. unset="scale_settings resources.requests"; to change a value, use set='),
+    ({"endpoint_removals": "a..b"}, "endpoint_unset=a..b", "an empty key between dots in the key path 'a..b'",
+     "write the key path as dotted keys, with [n] for a list item: a.b[0].c"),
+    ({"endpoint_removals": "'x"}, "endpoint_unset='x", "cannot split into key.path items: No closing quotation",
+     'write endpoint_unset="key.path other.key", e.g. endpoint_unset="mirror_traffic"'),
+])
+def test_malformed_endpoint_set_and_unset_name_the_variable_the_item_and_a_fix(names, label, fragment, fix):
+    with pytest.raises(LocalmlError) as caught:
+        Overrides(**names).parse()
+    [problem] = caught.value.problems
+    assert (problem.override, problem.fix) == (label, fix) and fragment in problem.message
+    assert caught.value.render().startswith(f"error: {label}: ")
+    if "'" not in label:  # at task-load time a malformed item is skipped (an unclosed quote: split on spaces)
+        assert Overrides(**names).parse(lenient=True) == []
+
+
+def test_every_variables_malformed_items_are_reported_together():
+    with pytest.raises(LocalmlError) as caught:
+        Overrides("nokey", endpoint_assignments="alsonokey", removals="a=1").parse()
+    assert [p.override for p in caught.value.problems] == ["unset=a=1", "set=nokey", "endpoint_set=alsonokey"]
+
+
 # --- malformed overrides: one clear error naming the override, never a traceback ------------------
 
 
@@ -212,12 +255,98 @@ def test_name_overrides_rename_the_deployment_and_the_endpoint(specs):
         "error: endpoint_name=bad name: endpoint_name: 'bad name' is not valid here"]
 
 
+def test_endpoint_set_and_unset_change_the_endpoint_yaml(specs):
+    deployment = load(specs, endpoint_assignments="auth_mode=AMLToken traffic.green=0 traffic.blue=100",
+                      endpoint_removals="description")
+    assert deployment.endpoint_data["auth_mode"] == "aml_token"  # normalised as the file's own value would be
+    assert deployment.endpoint_data["traffic"] == {"blue": 100, "green": 0}
+    assert "description" not in deployment.endpoint_data
+    error = problems_of(specs, endpoint_assignments="auth_mode=password")
+    [problem] = error.problems
+    assert problem.render().splitlines()[0] == \
+        "error: endpoint_set=auth_mode=password: auth_mode: 'password' is not allowed here"
+    assert problem.file.endswith("endpoint.yml")
+
+
+def test_unset_removes_deployment_keys_and_a_missing_key_names_the_unset(specs):
+    deployment = load(specs, removals="instance_count environment_variables.SAMPLE_OUTPUT_SCALE")
+    assert "instance_count" not in deployment.deployment_data and deployment.environment_variables == {}
+    error = problems_of(specs, removals="instance_cont")
+    [problem] = error.problems
+    assert problem.override == "unset=instance_cont" and "the top level has no key 'instance_cont' to remove" \
+        in problem.message and "instance_count" in problem.message and problem.fix
+    error = problems_of(specs, removals="name")
+    assert error.render().splitlines()[0] == "error: unset=name: missing required key 'name'"
+    # removed, then given again: set= applies after unset=
+    assert load(specs, "instance_count=2", removals="instance_count").deployment_data["instance_count"] == 2
+
+
+def test_endpoint_overrides_without_an_endpoint_yaml_are_an_error(specs):
+    (specs / "endpoint.yml").unlink()
+    error = problems_of(specs, endpoint_assignments="auth_mode=key")
+    [problem] = error.problems
+    assert problem.override == "endpoint_set=auth_mode=key" and problem.message == "there is no endpoint YAML to change"
+    assert "endpoint=<file>" in problem.fix
+
+
+def test_set_model_path_over_a_workspace_model_makes_it_local_and_says_so(specs):
+    spec = specs / "blue-deployment.yml"
+    text = spec.read_text()
+    start, end = text.index("model:\n"), text.index("code_configuration:")
+    spec.write_text(text[:start] + "model: azureml:sample-regression:3\n" + text[end:])
+    refused = problems_of(specs)
+    assert "set=model.path=<folder>" in refused.problems[0].fix
+
+    deployment = load(specs, "model.path=model/")
+    assert deployment.model_path == str((specs / "model").resolve())
+    assert (deployment.model_name, deployment.model_version) == ("sample-regression", "3")  # Azure's layout
+    assert deployment.deployment_data["model"] == {"name": "sample-regression", "version": "3", "path": "model/"}
+    assert deployment.notes == ["set=model.path=model/ replaces the workspace model azureml:sample-regression:3 "
+                                "with a local one (keeping its name and version: name sample-regression, version 3)"]
+
+
+@pytest.mark.parametrize(("reference", "kept"), [
+    ("azureml:my-model:7", {"name": "my-model", "version": "7"}),
+    ("azureml:my-model@latest", {"name": "my-model"}),
+    ("azureml:my-model", {"name": "my-model"}),
+    ("azureml://registries/azureml/models/my-model/versions/2", {"name": "my-model", "version": "2"}),
+    ("azureml:/subscriptions/s/resourceGroups/g/providers/Microsoft.MachineLearningServices/workspaces/w/models/"
+     "m/versions/4", {"name": "m", "version": "4"}),
+])
+def test_a_replaced_model_reference_keeps_what_it_names(tmp_path, reference, kept):
+    path = tmp_path / "d.yml"
+    path.write_text(f"model: {reference}\n")
+    doc = load_yaml(path)
+    [note] = apply(doc, parse_set("model.path=./m"))
+    assert doc.data["model"] == {**kept, "path": "./m"} and reference in note
+
+
+def test_set_over_a_workspace_environment_builds_a_local_one(specs):
+    spec = specs / "blue-deployment.yml"
+    text = spec.read_text()
+    start, end = text.index("environment:\n"), text.index("environment_variables:")
+    spec.write_text(text[:start] + "environment: azureml:sklearn-env:3\n" + text[end:])
+    deployment = load(specs, "environment.image=mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest "
+                             "environment.conda_file=environment/conda.yml")
+    assert deployment.conda_file == str((specs / "environment" / "conda.yml").resolve())
+    assert deployment.image == "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+    assert deployment.notes[0].startswith("set=environment.image=mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:"
+                                          "latest replaces the workspace environment azureml:sklearn-env:3")
+
+
 def test_peek_names_honours_the_overrides(specs):
     spec = specs / "blue-deployment.yml"
     assert peek_names(spec) == ("localml-sample", "blue")
     assert peek_names(spec, Overrides(deployment="green").parse()) == ("localml-sample", "green")
     assert peek_names(spec, Overrides("name=red endpoint_name=ep").parse()) == ("ep", "red")
     assert peek_names(spec, Overrides("name=3").parse()) == ("localml-sample", "blue")  # validate says why
+    # the endpoint's own name counts only where the deployment names no endpoint
+    assert peek_names(spec, Overrides(endpoint_assignments="name=other").parse()) == ("localml-sample", "blue")
+    assert peek_names(spec, Overrides(endpoint_assignments="name=other", removals="endpoint_name").parse()) \
+        == ("other", "blue")
+    spec.write_text(spec.read_text().replace("endpoint_name: localml-sample\n", ""))
+    assert peek_names(spec, Overrides(endpoint_assignments="name=other").parse()) == ("other", "blue")
+    assert peek_names(spec, Overrides(endpoint_removals="name").parse()) == ("localml-sample", "blue")
 
 
 def test_watched_files_follow_the_overridden_code_and_model(specs, tmp_path, monkeypatch):
@@ -260,6 +389,37 @@ def test_overrides_are_remembered_only_when_spec_is_not_given(specs):
     plain = run_validate(specs, spec)  # spec= given without overrides: none
     assert "blue on endpoint localml-sample: valid" in plain.stdout, plain.stderr
     assert json.loads((specs.parent / ".localml" / "current.json").read_text())["overrides"] == {}
+
+
+def test_endpoint_set_and_unset_are_remembered_and_forgotten_like_set(specs):
+    spec = specs / "blue-deployment.yml"
+    spec.write_text(spec.read_text().replace("  name: sample-regression\n  version: 1\n  path: model/\n", "")
+                    .replace("model:\n", "model: azureml:sample-regression:2\n"))
+    resolved_file = specs.parent / ".localml/endpoints/localml-sample/blue/deployment.json"
+    first = run_validate(specs, f"spec={spec}", "endpoint_set=auth_mode=AADToken", "endpoint_unset=traffic",
+                         "unset=instance_count", "set=model.path=model/")
+    assert first.returncode == 0, first.stderr
+    assert "validate      note: set=model.path=model/ replaces the workspace model azureml:sample-regression:2 with " \
+           "a local one" in first.stdout
+    resolved = json.loads(resolved_file.read_text())
+    assert resolved["endpoint_data"]["auth_mode"] == "aad_token" and "traffic" not in resolved["endpoint_data"]
+    assert "instance_count" not in resolved["deployment_data"]
+    assert resolved["model_path"] == str((specs / "model").resolve()) and resolved["model_version"] == "2"
+    current = json.loads((specs.parent / ".localml" / "current.json").read_text())
+    assert current["overrides"] == {"endpoint_set": "auth_mode=AADToken", "endpoint_unset": "traffic",
+                                    "unset": "instance_count", "set": "model.path=model/"}
+
+    again = run_validate(specs, "endpoint_set=auth_mode=key")  # no spec=: remembered; endpoint_set= replaced
+    assert again.returncode == 0, again.stderr
+    resolved = json.loads(resolved_file.read_text())
+    assert resolved["endpoint_data"]["auth_mode"] == "key" and "traffic" not in resolved["endpoint_data"]
+    assert resolved["model_version"] == "2"
+
+    plain = run_validate(specs, f"spec={spec}")  # spec= without overrides: all forgotten, the workspace model again
+    assert plain.returncode != 0 and "set=model.path=<folder>" in plain.stderr
+    assert json.loads((specs.parent / ".localml" / "current.json").read_text())["overrides"] == {
+        "endpoint_set": "auth_mode=key", "endpoint_unset": "traffic", "unset": "instance_count",
+        "set": "model.path=model/"}  # current.json is written by a valid run only
 
 
 # --- on a real Docker engine -------------------------------------------------------------------------

@@ -74,6 +74,14 @@ CATALOGUE = [
      "the traffic percentages add up to 80, not 100"),
     ("mirror_and_live/blue-deployment.yml", "mirror_and_live/endpoint.yml", "green: 20",
      "green gets both live traffic (10 %) and mirrored traffic"),
+    # Kubernetes shapes Azure refuses (or Docker cannot apply), and an enum spelling the CLI does not normalise
+    ("k8s_compute_without_prefix/blue-deployment.yml", "k8s_compute_without_prefix/endpoint.yml", "compute:",
+     "'k8s-compute' is not valid here"),
+    ("bad_quantity.yml", None, "memory: 1 GB", "'1 GB' is not a Kubernetes quantity"),
+    ("cpu_not_quoted.yml", None, "cpu: 0.5", "expected a string, found the number 0.5"),
+    ("limits_below_docker_minimum.yml", None, "memory: 4Mi", "4Mi (4 MiB) is below the 6 MiB Docker gives"),
+    ("limits_below_docker_minimum.yml", None, 'cpu: "1m"', "1m is below the 0.01 CPU Docker can limit"),
+    ("bad_enum_scale_type.yml", None, "type: Target_Utilization", "'Target_Utilization' is not allowed here"),
 ]
 
 
@@ -111,6 +119,18 @@ def test_endpoint_file_errors_are_all_reported_with_their_own_file():
         load_deployment(BAD / "bad_endpoint" / "blue-deployment.yml")
     endpoint = str((BAD / "bad_endpoint" / "endpoint.yml").resolve())
     assert {(p.file, p.key) for p in caught.value.problems} >= {(endpoint, "auth_mode"), (endpoint, "traffic.blue")}
+
+
+@pytest.mark.parametrize(("spec", "fix"), [
+    ("azureml_model.yml", "set=model.path=<folder>"),
+    ("azureml_environment.yml", 'set="environment.image=<base image> environment.conda_file=<conda.yml>"'),
+])
+def test_a_workspace_reference_says_localml_cannot_fetch_it_and_names_the_local_alternative(spec, fix):
+    with pytest.raises(LocalmlError) as caught:
+        load_deployment(BAD / spec)
+    [problem] = caught.value.problems  # that one problem, never also "missing required key"
+    assert "not available locally" in problem.message and fix in problem.fix, caught.value.render()
+    assert "missing" not in caught.value.render()
 
 
 def test_misspelled_key_is_reported_once_not_also_as_missing():
