@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 
 from . import build_context as context_stage
@@ -42,7 +43,8 @@ from .environment import ResolvedEnvironment, resolve_environment
 from .errors import LocalmlError, Problem
 from .overrides import Overrides
 from .progress import Progress
-from .spec import Deployment, load_deployment
+from .router_server import ROUTER_ANSWER
+from .spec import Deployment, load_deployment, peek_names
 from .state import STATE_DIR_NAME, current_file, deployment_dir, read_json, state_root, write_json_if_changed
 
 out = Console(highlight=False, soft_wrap=True)
@@ -161,7 +163,7 @@ def _running(target: Target, required: bool = True) -> Running | None:
     if found is None:
         if required:
             raise LocalmlError.one(f"no local deployment {target.deployment} on endpoint {target.endpoint}",
-                                   fix=f"start it: doit debug spec={target.spec_path}")
+                                   fix=f"start it: {start_hint(target)}")
         return None
     labels = found.labels
     code_target = labels.get(container_stage.LABEL_CODE_TARGET, "")
@@ -208,6 +210,8 @@ def validate(target: Target) -> None:
                                            "overrides": target.overrides.as_vars()})
     took = (time.perf_counter() - started) * 1000
     _line("validate", f"{deployment.deployment_name} on endpoint {deployment.endpoint_name}: valid ({took:.0f} ms)")
+    for note in deployment.notes:  # keys Azure accepts that do nothing here, an azureml: reference replaced
+        _line("validate", f"note: {escape(note)}")
 
 
 def python_mismatch_allowance(target: Target, given: str, config: ProjectConfig) -> str | None:
@@ -235,7 +239,12 @@ def resolve(target: Target, allow_python_mismatch: str, relock: bool = False) ->
     if deployment.build_context:
         _resolve_build_context(target, deployment, config)
         return
-    assert deployment.conda_file and deployment.image  # validation guarantees both
+    assert deployment.image  # validation guarantees an image where there is no build context
+    if not deployment.conda_file:
+        plan = context_stage.prepare_image_only(deployment.image, target.build_dir, config)
+        via = f" (alias of {deployment.image})" if plan.base_image != deployment.image else ""
+        _line("environment", f"the image {plan.base_image}{via} as it is, localml's layer on top → {plan.tag}")
+        return
     base = config.resolve_image(deployment.image)
     allowed_by = python_mismatch_allowance(target, allow_python_mismatch, config)
     with Progress(out, "environment") as progress:
@@ -289,7 +298,7 @@ def build(target: Target, no_cache: bool) -> None:
     _line("image", f"building {plan.tag} from {how}{why} …")
     installed = None
     with Progress(out, "image") as progress:
-        if plan.kind == "context":
+        if plan.kind in ("context", "image"):
             image_id, seconds = context_stage.build(target.build_dir, say=lambda text: _line("image", text),
                                                     progress=progress, no_cache=no_cache)
         elif plan.kind == "uv":
@@ -370,7 +379,10 @@ def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_autom
         raise LocalmlError.one("environment.build needs Docker; process mode installs a conda file's packages",
                                file=deployment.spec_path, key="environment.build",
                                fix="start a Docker engine, or give environment.image + environment.conda_file")
-    assert deployment.conda_file
+    if not deployment.conda_file:
+        raise LocalmlError.one(f"an environment given only as an image ({deployment.image}) needs Docker; process "
+                               "mode installs a conda file's packages", file=deployment.spec_path, key="environment",
+                               fix="start a Docker engine, or give environment.conda_file beside the image")
     env = resolve_environment(Path(deployment.conda_file), str(deployment.image), str(deployment.image))
     python = process_runtime.host_python(env)
     version = process_runtime.python_version_of(python)
@@ -634,7 +646,7 @@ def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
     spec = _container_spec(target, gpu=where.host.container.labels.get(container_stage.LABEL_GPU) == "1")
     folder = target.state_dir.resolve()
     plan = image.load_plan(target.build_dir)
-    python = context_stage.LOCALML_PYTHON if plan is not None and plan.kind == "context" else None
+    python = context_stage.LOCALML_PYTHON if plan is not None and plan.kind in ("context", "image") else None
     config = devcontainer.render_devcontainer(spec, where.scoring_port, where.debug_port, folder, python=python)
     # in the template's order: people read these files
     changed = write_json_if_changed(folder / ".devcontainer" / "devcontainer.json", config, sort_keys=False)
@@ -723,28 +735,90 @@ def check_health(target: Target) -> None:
 
 
 def _endpoint_deployments(endpoint_name: str) -> list[dict[str, Any]]:
-    """Every deployment of the endpoint, described: process mode's from this folder's records (they win),
-    containers from their labels."""
-    folder = endpoint_stage.endpoint_dir(endpoint_name)
-    state_dirs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    described = [d for d in (_describe_process(endpoint_name, state_dir) for state_dir in state_dirs) if d]
-    if docker_engine.engine_available():
-        names = {d["name"] for d in described}
-        described += [d for d in lifecycle.deployments_of(endpoint_name) if d["name"] not in names]
-    return sorted(described, key=lambda d: d["name"])
+    """Every deployment of the endpoint, described with its true state: process mode's from this folder's
+    records, containers from their labels (a live process wins over a container, a container over a process
+    that is gone)."""
+    processes = _process_deployments(endpoint_name)
+    containers = lifecycle.deployments_of(endpoint_name) if docker_engine.engine_available() else []
+    return sorted(_merged(processes, containers), key=lambda d: d["name"])
 
 
-def _deployment_routes(endpoint_name: str) -> dict[str, dict[str, Any]]:
+def _process_deployments(endpoint_name: str | None = None) -> list[dict[str, Any]]:
+    """Process mode's deployments in this folder (of one endpoint, or of all), running or not."""
+    endpoints = state_root() / "endpoints"
+    folders = [endpoints / endpoint_name] if endpoint_name else \
+        sorted(p for p in endpoints.iterdir() if p.is_dir()) if endpoints.is_dir() else []
+    state_dirs = [p for folder in folders if folder.is_dir() for p in sorted(folder.iterdir()) if p.is_dir()]
+    return [d for d in (_describe_process(state_dir.parent.name, state_dir) for state_dir in state_dirs) if d]
+
+
+def _merged(processes: list[dict[str, Any]], containers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def key(described: dict[str, Any]) -> tuple[str, str]:
+        return described["endpoint_name"] or "", described["name"] or ""
+
+    live = [d for d in processes if _runs(d)]
+    chosen = live + [d for d in containers if key(d) not in {key(p) for p in live}]
+    return chosen + [d for d in processes if not _runs(d) and key(d) not in {key(c) for c in chosen}]
+
+
+def _runs(described: dict[str, Any]) -> bool:
+    """Its container or its supervisor process runs (whatever its server answers)."""
+    where = described.get("process") or described.get("container") or {}
+    return where.get("status") == "running"
+
+
+def _deployment_routes(endpoint_name: str,
+                       described: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Every deployment of the endpoint that runs now: name -> its scoring route on this machine."""
-    return {d["name"]: d["routes"]["scoring"] for d in _endpoint_deployments(endpoint_name)
-            if d["runtime"] == "process" or d["container"]["status"] == "running"}
+    described = _endpoint_deployments(endpoint_name) if described is None else described
+    return {d["name"]: d["routes"]["scoring"] for d in described if _runs(d)}
+
+
+def _start_commands(endpoint_name: str, described: list[dict[str, Any]]) -> dict[str, str]:
+    """name -> the command that starts it, for every deployment of the endpoint known here (the router's
+    own error answers name them)."""
+    return {d["name"]: _debug_command(d["spec"], endpoint_name, d["name"]) for d in described if d.get("spec")}
+
+
+def _debug_command(spec: str, endpoint_name: str, deployment_name: str) -> str:
+    """`doit debug spec=...` for this deployment of this endpoint: the names its YAML does not give itself
+    are added as overrides."""
+    own_endpoint, own_deployment = peek_names(Path(spec))
+    words = [f"doit debug spec={spec}"]
+    if own_endpoint != endpoint_name:
+        words.append(f"endpoint_name={endpoint_name}")
+    if own_deployment != deployment_name:
+        words.append(f"deployment={deployment_name}")
+    return " ".join(words)
+
+
+def start_hint(target: Target) -> str:
+    """How to start (or fix and restart) the target's endpoint, with that endpoint's own spec: never the spec
+    remembered in .localml/current.json for another endpoint."""
+    remembered = read_json(current_file()) or {}
+    if remembered.get("endpoint") == target.endpoint or peek_names(target.spec_path)[0] == target.endpoint:
+        return " ".join([f"doit debug spec={target.spec_path}", *target.overrides.argv()])
+    known: list[tuple[str, str]] = []  # (spec, deployment) of the endpoint: this folder's records, then labels
+    folder = endpoint_stage.endpoint_dir(target.endpoint)
+    for resolved in sorted(folder.glob("*/deployment.json")) if folder.is_dir() else []:
+        data = read_json(resolved) or {}
+        if data.get("spec_path") and data.get("endpoint_name") == target.endpoint:
+            known.append((data["spec_path"], data.get("deployment_name") or resolved.parent.name))
+    if not known and docker_engine.engine_available():
+        known = [(d["spec"], d["name"]) for d in lifecycle.deployments_of(target.endpoint) if d.get("spec")]
+    if not known:
+        return "doit debug spec=<its deployment YAML>"
+    spec, name = next((item for item in known if item[1] == target.deployment), known[0])
+    return _debug_command(spec, target.endpoint, name)
 
 
 def update_endpoint(target: Target) -> None:
     """Point the endpoint's address at its running deployments, with the endpoint YAML's traffic."""
     deployment = target.resolved()
+    described = _endpoint_deployments(target.endpoint)
     routes = endpoint_stage.render_routes(target.endpoint, deployment.endpoint_data,
-                                          _deployment_routes(target.endpoint))
+                                          _deployment_routes(target.endpoint, described),
+                                          starts=_start_commands(target.endpoint, described))
     endpoint_stage.write_routes(target.endpoint, routes)
     taken = docker_engine.ports_in_use_by_containers() if docker_engine.engine_available() else set()
     router, started = endpoint_stage.ensure_router(target.endpoint, taken)
@@ -807,24 +881,30 @@ def _reload_after_save(target: Target, changed: list[str]) -> bool:
 # --- around the endpoint ------------------------------------------------------------
 
 
-def invoke_endpoint(target: Target, request_path: Path, named: str | None) -> None:
-    """POST to the endpoint's address: routed by traffic, or to the deployment named (deployment=)."""
-    payload = invoke.read_request(request_path)
+def invoke_endpoint(target: Target, asked: invoke.Asked) -> None:
+    """Send the request to the endpoint's address: routed by traffic, or to the deployment named (deployment=)."""
+    prepared = invoke.prepare(asked)  # every problem with the files or variables before anything is sent
+    named = prepared.named
     router = endpoint_stage.find_router(target.endpoint)
     if router is None:
-        raise LocalmlError.one(f"local endpoint {target.endpoint} is not running",
-                               fix=f"start it: doit debug spec={target.spec_path}")
+        known = _endpoint_deployments(target.endpoint)
+        why = lifecycle.endpoint_reason(known) if known else None
+        raise LocalmlError.one(f"local endpoint {target.endpoint} is not running" + (f" ({why})" if why else ""),
+                               fix=f"start it: {start_hint(target)}")
     url = router.scoring_uri
     timeout_s = max(target.resolved().request_timeout_ms / 1000 * 2, 30) if target.resolved_file.exists() else 60
     sent_at = time.time()
-    result = invoke.post(url, payload, timeout_s=timeout_s,
-                         headers={invoke.DEPLOYMENT_HEADER: named} if named else None)
+    result = invoke.post(url, prepared.payload, timeout_s=timeout_s, headers=prepared.headers)
     answered = result.deployment
     if result.script_failed and answered:
         answering = Target(target.spec_path, target.endpoint, answered)
         load = server.read_load(answering.runtime_dir)
         if load and load.outcome == "failed":
             raise load_failure(load, answering, f"deployment {answered} answered {result.status}")
+    own = _router_error(result)
+    if own is not None:  # the router's own answer, not a deployment's: its log has nothing to add
+        raise LocalmlError.one(f"the endpoint's router answered {result.status}: {own.get('error')}",
+                               fix=own.get("fix") or "doit endpoints lists the local deployments and their state")
     if not 200 <= result.status < 300:
         # the server answers "check the logs": we do, and show the traceback through run()
         running = _running(Target(target.spec_path, target.endpoint, answered), required=False) if answered else None
@@ -832,25 +912,51 @@ def invoke_endpoint(target: Target, request_path: Path, named: str | None) -> No
         raise invoke.error_for(result, url, cause, answered)
     how = "named" if named else "by traffic"
     _line("invoke", f"{result.status} from {answered} ({how}) in {result.latency_ms:.0f} ms")
-    body = json.dumps(result.body, indent=2) if not isinstance(result.body, str) else result.body
-    out.print(Syntax(body, "json", theme="ansi_dark", background_color="default") if out.is_terminal else body)
+    if prepared.output:
+        invoke.save(prepared.output, result.content)
+        _line("invoke", escape(f"saved the answer ({result.status}, {result.content_type or 'no Content-Type'}, "
+                               f"{len(result.content):,} bytes) to {_display(prepared.output)}"))
+        return
+    _show_answer(result.answer)
+
+
+def _router_error(result: invoke.InvokeResult) -> dict[str, Any] | None:
+    """The router's own error answer (no deployment for the name, none running, one not answering), if it is one."""
+    value = result.answer.value if result.status >= 400 else None
+    return value if isinstance(value, dict) and value.get("answered_by") == ROUTER_ANSWER else None
+
+
+def _show_answer(answer: invoke.Answer) -> None:
+    """JSON pretty-printed, text as it is; a binary body only described (dumping it would wreck the terminal)."""
+    if answer.kind == "binary":
+        _line("invoke", escape(answer.summary()))
+    elif answer.kind == "json":
+        body = json.dumps(answer.value, indent=2)
+        out.print(Syntax(body, "json", theme="ansi_dark", background_color="default") if out.is_terminal else body,
+                  markup=False)
+    else:
+        out.print(answer.value, markup=False)
 
 
 def _describe_process(endpoint_name: str, state_dir: Path) -> dict[str, Any] | None:
-    record = process_runtime.live_record(state_dir)
+    """A deployment in process mode (its record in this folder), with its true state; None without a record."""
+    record = process_runtime.read_record(state_dir)
     if record is None:
         return None
+    alive = process_runtime.is_our_supervisor(record.supervisor_pid)
     data = read_json(state_dir / "deployment.json") or {}
-    status = server.read_status(state_dir / "runtime")
-    state = "Succeeded" if status and status.state == "running" else "Failed"
+    state = lifecycle.process_state(alive, record.supervisor_pid, state_dir / "runtime", record.scoring_port,
+                                    data.get("readiness_probe"))
     base = f"http://{container_stage.LOOPBACK}:{record.scoring_port}"
     return {
         "name": state_dir.name, "endpoint_name": endpoint_name, "type": "local", "location": "local",
-        "runtime": "process", "provisioning_state": state, "scoring_uri": f"{base}/score",
-        "readiness_uri": f"{base}/", "liveness_uri": f"{base}/",
+        "runtime": "process", "provisioning_state": state.provisioning_state, "state_reason": state.reason,
+        "scoring_uri": f"{base}/score", "readiness_uri": f"{base}/", "liveness_uri": f"{base}/",
         "routes": container_stage.inference_server_routes(record.scoring_port),
         "ports": {"scoring": record.scoring_port, "debug": record.debug_port},
-        "pid": record.supervisor_pid, "spec": data.get("spec_path"),
+        "pid": record.supervisor_pid,
+        "process": {"pid": record.supervisor_pid, "status": "running" if alive else "exited"},
+        "spec": data.get("spec_path"),
         "environment_variables": data.get("environment_variables", {}),
     }
 
@@ -859,8 +965,7 @@ def show(target: Target) -> None:
     """The endpoint and every deployment it has here, Azure-style, with what the servers offer."""
     deployments = _endpoint_deployments(target.endpoint)
     if not deployments:
-        raise LocalmlError.one(f"no local endpoint named {target.endpoint}",
-                               fix=f"start it: doit debug spec={target.spec_path}")
+        raise LocalmlError.one(f"no local endpoint named {target.endpoint}", fix=f"start it: {start_hint(target)}")
     endpoint_data = (read_json(target.resolved_file) or {}).get("endpoint_data") or {}
     router = endpoint_stage.find_router(target.endpoint)
     for described in deployments:
@@ -962,11 +1067,13 @@ def _remove_images(image_tag: str, target: Target) -> None:
 
 def _update_routes_after_delete(target: Target) -> None:
     """The other deployments keep serving; with none left, the endpoint's router stops."""
-    remaining = _deployment_routes(target.endpoint)
+    described = _endpoint_deployments(target.endpoint)
+    remaining = _deployment_routes(target.endpoint, described)
     if remaining:
         routes = endpoint_stage.read_routes(target.endpoint)
         data = {"traffic": routes["traffic"], "mirror_traffic": routes["mirror_traffic"]} if routes else {}
-        endpoint_stage.write_routes(target.endpoint, endpoint_stage.render_routes(target.endpoint, data, remaining))
+        endpoint_stage.write_routes(target.endpoint, endpoint_stage.render_routes(
+            target.endpoint, data, remaining, starts=_start_commands(target.endpoint, described)))
         _line("delete", f"endpoint {target.endpoint} still routes to {', '.join(sorted(remaining))}")
         return
     pid = endpoint_stage.stop_router(target.endpoint)
@@ -975,7 +1082,10 @@ def _update_routes_after_delete(target: Target) -> None:
 
 
 def list_endpoints() -> None:
-    rows = lifecycle.list_local_endpoints()
+    """Every local endpoint and deployment (containers on this machine, this folder's processes), each in its
+    true state and why; a deployment that is not Succeeded gets the command that starts it again."""
+    containers = lifecycle.list_local_endpoints() if docker_engine.engine_available() else []
+    rows = _merged(_process_deployments(), containers)
     if not rows:
         _line("endpoints", "no local endpoints")
     for endpoint_name in sorted({row["endpoint_name"] or "" for row in rows}):
@@ -984,11 +1094,23 @@ def list_endpoints() -> None:
         where = f"{router.scoring_uri}  {endpoint_stage.describe_traffic(routes)}" if router and routes else \
             "no router started from this folder"
         out.print(f"[bold]{endpoint_name}[/]  {where}")
-        for row in (r for r in rows if r["endpoint_name"] == endpoint_name):
+        for row in sorted((r for r in rows if r["endpoint_name"] == endpoint_name), key=lambda r: r["name"] or ""):
+            reason = f"  {row['state_reason']}" if row.get("state_reason") else ""
             out.print(f"  {row['name']:<16} {row['provisioning_state']:<10} {row['scoring_uri']:<40} "
-                      f"{row['container']['status']}")
+                      f"{_where_it_runs(row)}{reason}", markup=False)
+            if row["provisioning_state"] == "Failed" and row.get("spec"):
+                folder = (row.get("container") or {}).get("workdir")
+                elsewhere = f" (in {folder})" if folder and Path(folder) != Path.cwd() else ""
+                out.print(f"  {'':<16} fix: {_debug_command(row['spec'], endpoint_name, row['name'])}{elsewhere}",
+                          markup=False)
     for text in disk.report(disk.measure(state_root()), STATE_DIR_NAME):
         _line("disk", text)
+
+
+def _where_it_runs(row: dict[str, Any]) -> str:
+    if row.get("process"):
+        return f"process {row['process']['pid']}" + ("" if row["process"]["status"] == "running" else " (gone)")
+    return row["container"]["status"]
 
 
 def prune(with_cache: bool) -> None:

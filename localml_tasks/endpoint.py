@@ -52,8 +52,10 @@ class Router:
 
 
 def render_routes(endpoint: str, endpoint_data: dict[str, Any],
-                  deployments: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """deployments: name -> {path, port} of its scoring route on this machine."""
+                  deployments: dict[str, dict[str, Any]], starts: dict[str, str] | None = None) -> dict[str, Any]:
+    """deployments: name -> {path, port} of its scoring route on this machine. starts: name -> the command
+    that starts it (`doit debug spec=...`), for every deployment known, running or not: the router's own
+    error answers say what to run."""
     return {
         "endpoint": endpoint,
         "traffic": endpoint_data.get("traffic") or {},
@@ -63,6 +65,7 @@ def render_routes(endpoint: str, endpoint_data: dict[str, Any],
                    "scoring": f"http://{LOOPBACK}:{route['port']}{route['path']}"}
             for name, route in sorted(deployments.items())
         },
+        "starts": dict(sorted((starts or {}).items())),
     }
 
 

@@ -24,7 +24,7 @@ from . import docker_engine
 from .config import ALIASES_ENV, CONFIG_FILE_NAME
 from .environment import ResolvedEnvironment, requirement_line, resolve_environment
 from .errors import LocalmlError, Problem
-from .lock import Lock, lock_environment, lock_platform
+from .lock import Lock, lock_environment, lock_platform, managed_python
 from .progress import build_progress_text
 from .state import read_json, state_root, write_if_changed, write_json_if_changed
 
@@ -53,7 +53,8 @@ class ImagePlan:
     python_version: str | None
     conda_file: str
     # uv: the lock installed with uv into a venv on the base's Python (uv_install.py) | pip: the same with pip in a
-    # Dockerfile | conda: conda env create | context: environment.build | custom: the image runs as-is
+    # Dockerfile | conda: conda env create | context: environment.build | image: the deployment's image with
+    # localml's layer (build_context.py) | custom: the image runs as-is
     kind: str = "uv"
     conda_version: str | None = None  # the base image's conda, when it has one
     # environment.build only (build_context.py)
@@ -64,6 +65,7 @@ class ImagePlan:
     context_hash: str | None = None
     from_images: list[dict[str, Any]] = field(default_factory=list)  # the Dockerfile's FROM images, resolved
     lock_file: str | None = None  # uv and pip: the lock the image installs (lock.py)
+    managed_python: str | None = None  # uv: the Python (X.Y.Z) uv installs into the image, the base's not fitting
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -73,6 +75,8 @@ class ImagePlan:
         """What the image is built from, for messages."""
         if self.kind == "context":
             return f"{Path(self.dockerfile or '').name} in {self.build_context}"
+        if self.kind == "image":
+            return f"the image {self.declared_image} with localml's layer"
         return Path(self.conda_file).name
 
 
@@ -146,15 +150,20 @@ def image_tag(dockerfile: str, requirements: str, base_image_id: str) -> str:
     return f"{IMAGE_REPOSITORY}:{digest[:16]}"
 
 
+def python_fits(env: ResolvedEnvironment, python: str) -> bool:
+    return not env.python_version or python.startswith(env.python_version + ".") or python == env.python_version
+
+
 def check_python(env: ResolvedEnvironment, base_python: str, *, allowed_by: str | None,
-                 where: str | None = None) -> str | None:
+                 where: str | None = None, no_managed: str | None = None) -> str | None:
     """None when fine; a warning text when mismatched but allowed (allowed_by says by what); raises otherwise.
-    where: what provides Python (default: the base image)."""
-    if not env.python_version or base_python.startswith(env.python_version + ".") \
-            or base_python == env.python_version:
+    where: what provides Python (default: the base image). no_managed: why uv's own Python is not an option."""
+    if python_fits(env, base_python):
         return None
     where = where or f"the base image {env.base_image}"
     message = f"the conda file pins python={env.python_version}, but {where} has Python {base_python}"
+    if no_managed:
+        message += f" ({no_managed})"
     if allowed_by:
         return f"{message} (allowed by {allowed_by})"
     line = requirement_line(Path(env.conda_file), "python")
@@ -283,7 +292,7 @@ def prepare_build_context(conda_file: Path, declared_image: str, base_image: str
     # conda-only packages are a problem only when pip builds the environment
     env = resolve_environment(conda_file, declared_image, base_image, conda_builds=conda_version is not None)
     build_dir.mkdir(parents=True, exist_ok=True)
-    locked = None
+    locked, managed = None, None
     if conda_version:
         # conda installs the Python the conda file pins: the base's own Python does not matter
         base_python = env.python_version or "conda's default"
@@ -297,7 +306,16 @@ def prepare_build_context(conda_file: Path, declared_image: str, base_image: str
         tag = image_tag(dockerfile, conda_text, base_id)
     else:
         base_python = base_python_version(base_image, base_id)
-        warning = check_python(env, base_python, allowed_by=python_mismatch_allowed_by)
+        kind = "pip" if os.environ.get(INSTALLER_ENV, "").lower() == "pip" else "uv"
+        no_managed = None
+        if kind == "uv" and env.python_version and not python_fits(env, base_python):
+            progress(f"looking for uv's own Python {env.python_version}")
+            managed, no_managed = _managed_python(env.python_version)
+        if managed:
+            print(f"note: the base image has Python {base_python}: uv installs its own Python {managed} into the "
+                  f"image, as python={env.python_version} in {Path(env.conda_file).name} asks")
+            base_python = managed
+        warning = check_python(env, base_python, allowed_by=python_mismatch_allowed_by, no_managed=no_managed)
         if warning:
             print(f"warning: {warning}")
         locked = lock_environment(env.requirements, base_python, lock_platform(), env.conda_file, relock=relock,
@@ -305,20 +323,31 @@ def prepare_build_context(conda_file: Path, declared_image: str, base_image: str
         if locked.note:
             print(f"warning: {locked.note}")
         write_if_changed(build_dir / "requirements.txt", locked.text)
-        kind = "pip" if os.environ.get(INSTALLER_ENV, "").lower() == "pip" else "uv"
-        recipe = write_installer(build_dir, kind, base_image, Path(env.conda_file).name)
+        recipe = write_installer(build_dir, kind, base_image, Path(env.conda_file).name, managed)
         tag = image_tag(recipe, locked.text, base_id)
     plan = ImagePlan(
         tag=tag, base_image=base_image, declared_image=declared_image, base_image_id=base_id,
         base_python=base_python, python_version=env.python_version, conda_file=env.conda_file,
         kind=kind, conda_version=conda_version,
-        lock_file=str(locked.path) if locked else None,
+        lock_file=str(locked.path) if locked else None, managed_python=managed,
     )
     write_json_if_changed(build_dir / "plan.json", plan.to_json())
     return plan, env, locked
 
 
-def write_installer(build_dir: Path, kind: str, base_image: str, conda_file_name: str) -> str:
+def _managed_python(version: str) -> tuple[str | None, str | None]:
+    """(X.Y.Z of uv's Python for the pin, when it can be downloaded; else why not, for the error)."""
+    found = managed_python(version, lock_platform())
+    if found is None:
+        return None, f"uv has no Python {version} to install for {lock_platform()}"
+    if not found.reachable:
+        host = found.url.split("/")[2]
+        return None, f"uv's Python {found.version} could be installed into the image, but {host} cannot be reached"
+    return found.version, None
+
+
+def write_installer(build_dir: Path, kind: str, base_image: str, conda_file_name: str,
+                    managed_python: str | None = None) -> str:
     """Write what installs the lock (uv's install script, or pip's Dockerfile); returns its text."""
     if kind == "pip":
         ca = host_ca_bundle()
@@ -329,8 +358,8 @@ def write_installer(build_dir: Path, kind: str, base_image: str, conda_file_name
         return recipe
     from .uv_install import installer_recipe, render_install_script  # uv_install builds on this module's plan
 
-    write_if_changed(build_dir / INSTALL_SCRIPT_NAME, render_install_script(conda_file_name))  # for reading
-    recipe = installer_recipe(conda_file_name)
+    write_if_changed(build_dir / INSTALL_SCRIPT_NAME, render_install_script(conda_file_name, managed_python))
+    recipe = installer_recipe(conda_file_name, managed_python)  # the file is for reading: the build renders its own
     remove_files(build_dir, CONDA_FILE_NAME, "Dockerfile", CA_FILE_NAME)
     return recipe
 

@@ -12,10 +12,12 @@ exactly what the last one did.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -25,7 +27,7 @@ import requests
 
 from .environment import requirement_line
 from .errors import LocalmlError, Problem
-from .state import state_root, write_if_changed
+from .state import read_json, state_root, write_if_changed, write_json_if_changed
 
 # resolved without a date limit: the debug server needs their current API
 SERVING_STACK = {"azureml-inference-server-http", "azureml-defaults", "debugpy"}
@@ -180,3 +182,46 @@ def resolution_error(output: str, requirements: list[str], conda_file: str) -> L
     return LocalmlError([Problem(f"{what}: {' '.join(said)[:1500]}", file=conda_file, line=line,
                                  key="dependencies",
                                  fix="check the package names and versions on the package index; nothing was built")])
+
+
+@dataclass
+class ManagedPython:
+    """A Python uv can install into the image, when the image's own Python is not the one the file pins."""
+
+    version: str  # X.Y.Z
+    url: str
+    reachable: bool  # its download answered from this machine
+
+
+def managed_python(version: str, platform: str) -> ManagedPython | None:
+    """uv's CPython download for version (X.Y) on platform (<arch>-manylinux...), and whether it can be
+    fetched from here; None when uv has none. Checked once a day (a refused network can take seconds)."""
+    cache_file = state_root() / "cache" / "managed-python.json"
+    cache = read_json(cache_file) or {}
+    key = f"{version} {platform}"
+    known = cache.get(key)
+    if known and time.time() - known.get("checked", 0) < 86400:
+        return ManagedPython(known["version"], known["url"], known["reachable"]) if known.get("url") else None
+    arch = platform.split("-", 1)[0]
+    listed = subprocess.run([uv_binary(), "python", "list", "--only-downloads", "--all-platforms", "--all-arches",
+                             "--output-format", "json", version], capture_output=True, text=True,
+                            env={**os.environ, "UV_NO_CONFIG": "1"})
+    try:
+        downloads = json.loads(listed.stdout) if listed.returncode == 0 else []
+    except ValueError:
+        downloads = []
+    candidates = [item for item in downloads if item.get("implementation") == "cpython" and item.get("os") == "linux"
+                  and item.get("arch") == arch and item.get("libc") == "gnu" and item.get("variant") == "default"
+                  and item.get("url")]
+    found = None
+    if candidates:
+        best = max(candidates, key=lambda item: tuple(item["version_parts"].values()))
+        try:
+            reachable = requests.head(best["url"], allow_redirects=True, timeout=5).ok
+        except requests.RequestException:
+            reachable = False
+        found = ManagedPython(best["version"], best["url"], reachable)
+    cache[key] = {"checked": time.time(), **({"version": found.version, "url": found.url,
+                                               "reachable": found.reachable} if found else {})}
+    write_json_if_changed(cache_file, cache)
+    return found

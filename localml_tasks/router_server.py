@@ -13,8 +13,10 @@ routes.json (written by localml's endpoint stage) whenever it changes:
 
 `/score` goes to the deployment's scoring route (a custom container's own path); other paths
 pass through unchanged. Every answer carries the `azureml-model-deployment` header naming the
-deployment that served it. The process exits when routes.json is removed (the endpoint's last
-deployment was deleted).
+deployment that served it, and the deployment's own Date and Server headers (once). The router's own
+error answers (no deployment by that name, none takes the traffic, one does not answer) are JSON
+{"error", "fix", "answered_by": "localml router"}: the fix is the command to run. The process exits
+when routes.json is removed (the endpoint's last deployment was deleted).
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 STATUS_PATH = "/-/localml-router"  # answered by the router itself (localml checks it is up)
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}
 FORWARD_TIMEOUT_S = 3600.0  # the deployment's own scoring timeout applies; a paused debugger may hold a request
+ROUTER_ANSWER = "localml router"  # "answered_by" of the router's own error answers (not a deployment's)
+UNKNOWN_SPEC = "doit debug spec=<its deployment YAML>"
 
 
 class Routes:
@@ -92,6 +96,24 @@ def choose(routes: dict[str, Any], named: str | None, draw: float) -> tuple[str 
     return ordered[-1][0], None  # where rounding leaves the point past the end
 
 
+def fix_for(routes: dict[str, Any], named: str | None, silent: str | None = None) -> str:
+    """What to run, for the router's own error answers: no deployment named `named` runs, none takes the
+    traffic, or `silent` (chosen) does not answer. Commands come from routes.json's "starts"."""
+    starts: dict[str, str] = routes.get("starts") or {}
+    states = "doit endpoints shows each deployment's state and why"
+    if silent:
+        return f"{states}; start it again: {starts.get(silent, UNKNOWN_SPEC)}"
+    if named:
+        return f"start it: {starts[named]}" if named in starts else \
+            f"{states}; start {named}: {UNKNOWN_SPEC} deployment={named}"
+    declared = sorted(name for name, weight in (routes.get("traffic") or {}).items() if weight > 0)
+    missing = [name for name in declared if name not in routes.get("deployments", {})]
+    commands = [starts[name] for name in missing if name in starts]
+    if commands:
+        return f"start {' and '.join(missing)}: {'; '.join(commands)} (or {states})"
+    return f"{states}; start one: {UNKNOWN_SPEC}"
+
+
 def mirror_target(routes: dict[str, Any], draw: float) -> str | None:
     for name, percent in (routes.get("mirror_traffic") or {}).items():
         if percent > 0 and draw * 100 < percent and name in routes.get("deployments", {}):
@@ -137,13 +159,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         started = time.perf_counter()
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = read_body(self.rfile, self.headers.get("Content-Length"), self.headers.get("Transfer-Encoding"))
         routes = self.server.routes.current()
         named = self.headers.get(DEPLOYMENT_HEADER)
         deployment, why_not = choose(routes, named, random.random())
         if deployment is None:
-            self._answer(404 if named else 503, {"error": why_not})
+            self._answer(404 if named else 503,
+                         {"error": why_not, "fix": fix_for(routes, named), "answered_by": ROUTER_ANSWER})
             self.server.log(f"{self.command} {self.path} -> none ({why_not})")
             return
         target = routes["deployments"][deployment]
@@ -151,13 +173,20 @@ class Handler(BaseHTTPRequestHandler):
         status, answer_headers, answer = forward(target, self.command, self.path, headers, body)
         if status is None:
             self._answer(502, {"error": f"deployment '{deployment}' does not answer at {target['base']}: "
-                                        f"{answer.decode(errors='replace')}; run doit debug to restart it"},
+                                        f"{answer.decode(errors='replace')}",
+                               "fix": fix_for(routes, named, silent=deployment), "answered_by": ROUTER_ANSWER},
                          deployment)
         else:
-            self.send_response(status)
+            # the deployment's own Date and Server, not a second pair of ours (send_response would add them)
+            self.send_response_only(status)
+            given = {key.lower() for key, _ in answer_headers}
             for key, value in answer_headers:
                 if key.lower() not in HOP_BY_HOP:
                     self.send_header(key, value)
+            if "date" not in given:
+                self.send_header("Date", self.date_time_string())
+            if "server" not in given:
+                self.send_header("Server", self.version_string())
             self.send_header(DEPLOYMENT_HEADER, deployment)
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
@@ -171,6 +200,40 @@ class Handler(BaseHTTPRequestHandler):
                              daemon=True).start()
 
 
+def read_body(stream: BinaryIO, length: str | None, transfer_encoding: str | None) -> bytes:
+    """The request's body as sent: by its Content-Length, or chunk by chunk (curl -T, streaming clients)."""
+    if "chunked" in (transfer_encoding or "").lower():
+        return _read_chunks(stream)
+    size = int(length or 0)
+    return stream.read(size) if size else b""
+
+
+def _read_chunks(stream: BinaryIO) -> bytes:
+    chunks = []
+    while True:
+        size = int(stream.readline().split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            while stream.readline().strip():
+                pass  # trailer fields, up to the blank line that ends the request
+            return b"".join(chunks)
+        chunks.append(stream.read(size))
+        stream.readline()  # the CRLF after the chunk
+
+
+class _AsSent(urllib.request.HTTPHandler):
+    """urllib gives a body without a Content-Type "application/x-www-form-urlencoded": forward none, as sent."""
+
+    def http_request(self, request: urllib.request.Request) -> urllib.request.Request:
+        had = request.has_header("Content-type")
+        request = super().http_request(request)
+        if not had:
+            request.unredirected_hdrs.pop("Content-type", None)
+        return request
+
+
+_OPENER = urllib.request.build_opener(_AsSent)
+
+
 def forward(target: dict[str, Any], method: str, path: str, headers: dict[str, str],
             body: bytes) -> tuple[int | None, list[tuple[str, str]], bytes]:
     """(status, headers, body); status None when the deployment did not answer (body: why)."""
@@ -180,7 +243,7 @@ def forward(target: dict[str, Any], method: str, path: str, headers: dict[str, s
         url += "?" + query
     request = urllib.request.Request(url, data=body if method != "GET" else None, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=FORWARD_TIMEOUT_S) as answer:
+        with _OPENER.open(request, timeout=FORWARD_TIMEOUT_S) as answer:
             return answer.status, list(answer.headers.items()), answer.read()
     except urllib.error.HTTPError as error:
         return error.code, list(error.headers.items()), error.read()

@@ -6,7 +6,8 @@
 
 Variables come from doit's command line (`doit debug spec=blue-deployment.yml`); the last
 validated spec is remembered in .localml/current.json, so `doit invoke request=...` needs no spec.
-The Azure CLI's overrides are variables too (overrides.py): deployment=, endpoint_name=, set=.
+The Azure CLI's overrides are variables too (overrides.py): deployment=, endpoint_name=, set=, unset=,
+endpoint_set=, endpoint_unset=.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from doit import get_var
 from doit.exceptions import TaskFailed
 from rich.console import Console
 
-from . import actions, docker_engine
+from . import actions, docker_engine, invoke
 from .actions import ServerMode, Target
 from .errors import LocalmlError
 from .overrides import VARIABLES as OVERRIDE_VARIABLES
@@ -90,7 +91,7 @@ def _target() -> Target | None:
 
 
 def _guard(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    """A doit action that shows a LocalmlError as its message alone, never as a traceback."""
+    """A doit action that shows a LocalmlError as its message alone, never as a traceback; Ctrl-C too."""
 
     def action() -> Any:
         try:
@@ -98,6 +99,11 @@ def _guard(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         except LocalmlError as exc:
             _errors.print(f"[red]{exc.render()}[/]")
             return TaskFailed(exc.render(), report=False)
+        except KeyboardInterrupt:
+            # the stage cleaned up on its way out (an install container, a build's stages): say so, briefly
+            message = f"interrupted (Ctrl-C) in {function.__name__.replace('_', ' ')}; run the command again to go on"
+            _errors.print(f"[red]{message}[/]")
+            return TaskFailed(message, report=False)
         return None
 
     action.__name__ = function.__name__
@@ -128,7 +134,7 @@ def _no_target(command: str) -> dict[str, Any]:
 
 
 def task_validate() -> Iterator[dict[str, Any]]:
-    """Check the deployment YAML, its files and its endpoint before any Docker work."""
+    """Check the deployment and endpoint YAML (overridden by set=, unset=, endpoint_set=, endpoint_unset=)."""
     target = _target()
     if target:
         yield {"name": target.deployment, "actions": [_guard(actions.validate, target)], "uptodate": [False]}
@@ -288,24 +294,13 @@ def task_watch() -> dict[str, Any]:
 
 
 def task_invoke() -> dict[str, Any]:
-    """POST request=<file.json> to the endpoint (routed by traffic); deployment=<name> picks one."""
+    """Send request=<file> (.json as JSON, else bytes) or form="f=@file k=v"; deployment=, header=, output=<file>."""
     target = _target()
     if not target:
         return _no_target("invoke request=req.json")
-    request = _var("request")
-    if not request:
-        return _no_target_request()
-    named = _var("deployment") or None
-    return {"actions": [_guard(actions.invoke_endpoint, target, Path(request), named)], "uptodate": [False]}
-
-
-def _no_target_request() -> dict[str, Any]:
-    def explain() -> TaskFailed:
-        message = "error: no request file given\n  fix: doit invoke request=path/to/request.json"
-        _errors.print(f"[red]{message}[/]")
-        return TaskFailed(message, report=False)
-
-    return {"actions": [explain], "uptodate": [False]}
+    asked = invoke.Asked(request=_var("request"), form=_var("form"), content_type=_var("content_type"),
+                         header=_var("header"), output=_var("output"), deployment=_var("deployment"))
+    return {"actions": [_guard(actions.invoke_endpoint, target, asked)], "uptodate": [False]}
 
 
 def task_show() -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import BASE_IMAGE, Project, remove_containers, sample_copy
+from conftest import BASE_IMAGE, REPO, Project, remove_containers, sample_copy
 
 from localml_tasks.build_context import (
     PYTHON_CANDIDATES,
@@ -295,3 +295,59 @@ def test_process_mode_still_refuses_a_build_context(ctx):
     result = ctx.debug("runtime=process")
     assert result.returncode != 0
     assert "environment.build needs Docker" in result.stderr
+
+
+IMAGE_ONLY = """name: img
+endpoint_name: {endpoint}
+model:
+  path: ../model/
+code_configuration:
+  code: ../onlinescoring/
+  scoring_script: score.py
+environment:
+  image: {image}
+instance_type: Standard_DS3_v2
+instance_count: 1
+"""
+
+
+def test_an_image_only_environment_serves_with_localmls_layer_on_the_image(tmp_path, engine, sample_env_image):
+    """Azure's image-only environment: the image already holds azmlinfsrv; nothing is installed."""
+    project = sample_copy(tmp_path / "project")
+    aliases = (project.root / "localml.yml").read_text() + f"  {AZURE_IMAGE}: {sample_env_image}\n"
+    (project.root / "localml.yml").write_text(aliases)
+    spec = project.root / "img" / "deployment.yml"
+    spec.parent.mkdir()
+    spec.write_text(IMAGE_ONLY.format(endpoint=f"{project.endpoint}-img", image=AZURE_IMAGE))
+    plan_file = project.root / ".localml" / "endpoints" / f"{project.endpoint}-img" / "img" / "build" / "plan.json"
+    try:
+        result = project.run("debug", f"spec={spec}", "vscode=0")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"the image {sample_env_image} (alias of {AZURE_IMAGE}) as it is, localml's layer on top" \
+            in result.stdout
+        assert "health        healthy" in result.stdout
+        request = REPO / "specs" / "sample-request.json"
+        invoked = project.run("invoke", f"spec={spec}", f"request={request}")
+        assert invoked.returncode == 0, invoked.stdout + invoked.stderr
+        plan = json.loads(plan_file.read_text())
+        assert plan["kind"] == "image" and plan["base_image"] == sample_env_image
+        # the image as it is: no conda file, no lock, nothing of the environment built again
+        assert not any(line.startswith("image ") and "downloading" in line for line in result.stdout.splitlines())
+    finally:
+        remove_containers(f"{project.endpoint}-img")
+        if plan_file.exists():
+            with contextlib.suppress(docker.errors.APIError):
+                engine.images.remove(json.loads(plan_file.read_text())["tag"])
+
+
+def test_an_image_only_environment_without_the_server_names_the_image(tmp_path, engine):
+    project = sample_copy(tmp_path / "project")
+    spec = project.root / "img" / "deployment.yml"
+    spec.parent.mkdir()
+    spec.write_text(IMAGE_ONLY.format(endpoint=f"{project.endpoint}-img", image=BASE_IMAGE))
+    result = project.run("debug", f"spec={spec}", "vscode=0")
+    assert result.returncode != 0
+    assert (f"environment.image: no Python in the image {BASE_IMAGE} can import azureml_inference_server_http"
+            in result.stderr), result.stderr
+    assert "use an image that has azureml-inference-server-http" in result.stderr and "Traceback" not in result.stderr
+    remove_containers(f"{project.endpoint}-img")

@@ -142,7 +142,8 @@ def test_environment_stage_takes_the_uv_path_without_conda(engine, tmp_path):
     output, plan, script = environment_stage(project)
     assert plan, output
     assert plan["kind"] == "uv" and plan["conda_version"] is None
-    assert "uv\" venv --python python3 /opt/azureml-env" in script and "conda env" not in script
+    assert "python=python3\n" in script and "uv\" venv --python \"$python\" /opt/azureml-env" in script
+    assert "conda env" not in script
     assert not (project.root / ".localml" / "endpoints" / project.endpoint / "blue" / "build" / "Dockerfile").exists()
 
 

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from conftest import REPO, Project
 
+from localml_tasks.lock import lock_platform, managed_python
+
 SAMPLE_REQUEST = json.loads((REPO / "specs" / "sample-request.json").read_text())
 
 
@@ -147,8 +149,17 @@ def test_an_unresolvable_requirement_is_reported_at_its_line_before_any_build(pr
 
 def test_python_pin_mismatch_is_an_error_unless_allowed(project, engine):
     project.edit("environment/conda.yml", "python=3.11", "python=3.9")
+    managed = managed_python("3.9", lock_platform())
+    assert managed is not None  # uv has CPython 3.9 builds for this platform
+    if managed.reachable:  # uv's own Python 3.9 goes into the image: no mismatch to allow
+        served = debug(project)
+        assert served.returncode == 0, served.stdout + served.stderr
+        assert f"uv installs its own Python {managed.version} into the image" in served.stdout
+        return
     refused = debug(project)
     assert refused.returncode != 0
+    # uv's Python was looked for first; its download cannot be reached from here
+    assert f"uv's Python {managed.version} could be installed into the image, but" in refused.stderr
     assert "pins python=3.9, but the base image localml/debian-python:3.11-bookworm has Python 3.11" \
         in refused.stderr
     assert "environment/conda.yml:5" in refused.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from localml_tasks.endpoint import describe_traffic, render_routes
-from localml_tasks.router_server import choose, mirror_target
+from localml_tasks.router_server import choose, fix_for, mirror_target
 
 RUNNING = {"blue": {"path": "/score", "port": 5001}, "green": {"path": "/predict", "port": 8080}}
 
@@ -62,3 +62,15 @@ def test_mirror_copies_its_share_only_to_a_running_deployment():
     assert mirror_target(table, 0.10) is None
     assert mirror_target(routes({"blue": 100}, {"green": 10}, running={"blue": RUNNING["blue"]}), 0.0) is None
     assert describe_traffic(table) == "blue 100 % (mirror: green 10 %)"
+
+
+def test_the_routers_own_errors_say_what_to_run_never_doit_logs():
+    starts = {"blue": "doit debug spec=/p/blue-deployment.yml", "green": "doit debug spec=/p/green-deployment.yml"}
+    table = render_routes("ep", {"traffic": {"blue": 90, "green": 10}}, {"blue": RUNNING["blue"]}, starts=starts)
+    assert fix_for(table, None, silent="blue").endswith("start it again: doit debug spec=/p/blue-deployment.yml")
+    assert fix_for(table, "green") == "start it: doit debug spec=/p/green-deployment.yml"
+    assert fix_for(table, "purple").endswith("start purple: doit debug spec=<its deployment YAML> deployment=purple")
+    nothing_runs = render_routes("ep", {"traffic": {"blue": 100}}, {}, starts=starts)
+    assert fix_for(nothing_runs, None).startswith("start blue: doit debug spec=/p/blue-deployment.yml")
+    for fix in (fix_for(table, None, silent="blue"), fix_for(table, "purple"), fix_for(nothing_runs, None)):
+        assert "doit logs" not in fix and ("doit endpoints" in fix or "doit debug spec=" in fix)

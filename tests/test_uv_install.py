@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
+import sys
 
 import docker
 import requests
@@ -31,6 +34,14 @@ def test_the_install_script_removes_what_it_was_given_and_never_resolves():
     assert "pip sync" in script and "pip install" not in script  # exactly the lock: sync, no resolution
     assert "UV_PYTHON_DOWNLOADS=never" in script and f"UV_CACHE_DIR={uv_install.CACHE_MOUNT}" in script
     assert f"exit {uv_install.UV_CANNOT_RUN}" in script
+
+
+def test_uvs_own_python_is_installed_into_the_image_only_when_asked():
+    assert "python install" not in render_install_script("conda.yml")
+    script = render_install_script("conda.yml", "3.12.16")
+    assert f"UV_PYTHON_INSTALL_DIR={uv_install.MANAGED_PYTHON_DIR} UV_PYTHON_DOWNLOADS=manual" in script
+    assert '"$dir/uv" python install --no-bin 3.12.16\npython=3.12.16\n' in script
+    assert uv_install.installer_recipe("conda.yml", "3.12.16") != uv_install.installer_recipe("conda.yml")
 
 
 def test_the_image_configuration_is_set_in_full():
@@ -171,3 +182,45 @@ def test_prune_removes_only_unused_images_of_localml(project: Project, engine):
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             engine.images.remove("localml/env:prune-test")
+
+
+def test_a_failed_install_is_uvs_own_words_at_the_packages_line(tmp_path):
+    conda = tmp_path / "conda.yml"
+    conda.write_text("dependencies:\n  - python=3.11\n  - pip:\n      - azureml-inference-server-http\n"
+                     "      - pyyaml==5.4.1\n")
+    lines = ["Resolved 3 packages in 5ms", "  × Failed to build `pyyaml==5.4.1`",
+             "  ├─▶ The build backend returned an error",
+             "  ╰─▶ Call to `setuptools.build_meta:__legacy__.build_wheel` failed (exit status: 1)"]
+    rendered = uv_install.install_failure(lines, 1, str(conda)).render()
+    assert f"{conda}:5: dependencies: uv could not install pyyaml: × Failed to build `pyyaml==5.4.1`" in rendered
+    assert "The build backend returned an error" in rendered and "fix: " in rendered
+    bare = uv_install.install_failure(["something odd"], 2, str(conda)).render()
+    assert "uv exited with 2" in bare and "something odd" in bare
+
+
+def test_ctrl_c_mid_install_leaves_no_container_or_image_and_the_next_debug_builds(project: Project, engine):
+    dangling_before = {image.id for image in engine.images.list(filters={"dangling": True})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localml_tasks", "debug", f"spec={project.spec}", "no_cache=1", "vscode=0"],
+        cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+    seen = []
+    assert process.stdout is not None
+    for line in process.stdout:  # plain progress lines: the install container is running at "checked"
+        seen.append(line)
+        if line.startswith("image ") and "checked " in line:
+            break
+    else:
+        raise AssertionError("the install never started:\n" + "".join(seen))
+    installing = [c.name for c in engine.containers.list(all=True) if c.name.startswith("localml-install-")]
+    assert installing, "no install container while installing"
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=60)[0]
+    assert process.returncode != 0
+    assert "Traceback" not in rest, rest
+    left = [name for name in installing if any(c.name == name for c in engine.containers.list(all=True))]
+    assert not left, f"install containers left after Ctrl-C: {left}"
+    assert {image.id for image in engine.images.list(filters={"dangling": True})} <= dangling_before
+    again = project.run("debug", f"spec={project.spec}", "vscode=0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "health        healthy" in again.stdout
