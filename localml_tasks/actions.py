@@ -391,9 +391,11 @@ def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_autom
                                  where=f"this machine's Python ({python})")
     if warning:
         print(f"warning: {warning}")
+    earlier = (read_json(target.state_dir / "venv-plan.json") or {}).get("lock_file")  # kept where it fits
     with Progress(out, "environment") as progress:
         locked = lock_stage.lock_environment(env.requirements, version, lock_stage.lock_platform(), env.conda_file,
-                                             relock=relock, progress=progress)
+                                             relock=relock, progress=progress,
+                                             prefer=Path(earlier) if earlier else None)
     if locked.note:
         print(f"warning: {locked.note}")
     # the venv installs exactly the lock, as the image does

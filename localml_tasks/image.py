@@ -318,8 +318,10 @@ def prepare_build_context(conda_file: Path, declared_image: str, base_image: str
         warning = check_python(env, base_python, allowed_by=python_mismatch_allowed_by, no_managed=no_managed)
         if warning:
             print(f"warning: {warning}")
+        earlier = load_plan(build_dir)  # the deployment's previous plan: its lock's versions are kept where they fit
         locked = lock_environment(env.requirements, base_python, lock_platform(), env.conda_file, relock=relock,
-                                  progress=progress)
+                                  progress=progress, prefer=Path(earlier.lock_file) if earlier and
+                                  earlier.lock_file else None)
         if locked.note:
             print(f"warning: {locked.note}")
         write_if_changed(build_dir / "requirements.txt", locked.text)

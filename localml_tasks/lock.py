@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from .state import read_json, state_root, write_if_changed, write_json_if_change
 
 # resolved without a date limit: the debug server needs their current API
 SERVING_STACK = {"azureml-inference-server-http", "azureml-defaults", "debugpy"}
+# never dated either: installers, whose age says nothing about the code's (a bare `- pip` is in most conda files)
+INSTALLERS = {"pip", "setuptools", "wheel"}
 DEFAULT_INDEX = "https://pypi.org/simple"
 _REQUIREMENT = re.compile(r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?P<spec>[^;]*)")
 
@@ -93,16 +96,18 @@ def _flattened(text: str) -> str:
     return re.sub(r"[-_.]+", "_", text).lower()
 
 
-def date_limits(requirements: list[str]) -> tuple[list[str], str | None]:
+def date_limits(requirements: list[str],
+                progress: Callable[[str], None] = lambda text: None) -> tuple[list[str], str | None]:
     """(uv arguments limiting each unpinned requirement, the pin that dates them) — none without a pin."""
     unpinned = sorted({name for r in requirements if (name := normalized_name(r)) and not exact_version(r)
-                       and name not in SERVING_STACK})
+                       and name not in SERVING_STACK | INSTALLERS})
     if not unpinned:
         return [], None  # nothing to date: the index is not asked
+    progress("asking the package index when the pinned requirements were released")
     newest: tuple[datetime, str] | None = None
     for requirement in requirements:
         name, version = normalized_name(requirement), exact_version(requirement)
-        if name and version and name not in SERVING_STACK:
+        if name and version and name not in SERVING_STACK | INSTALLERS:
             uploaded = upload_day(name, version)
             if uploaded and (newest is None or uploaded > newest[0]):
                 newest = (uploaded, f"{name}=={version}")
@@ -128,35 +133,45 @@ def uv_binary() -> str:
     return find_uv_bin()
 
 
-def compile_lock(requirements: list[str], python_version: str, platform: str, extra: list[str]) -> tuple[int, str]:
-    """(exit code, uv's output): the lock on stdout when it worked, uv's explanation otherwise."""
-    command = [uv_binary(), "pip", "compile", "-", "--python-version", python_version, "--python-platform", platform,
-               "--no-header", "--quiet", "--index-url", index_url(), *extra]
-    result = subprocess.run(command, input="".join(f"{line}\n" for line in requirements), capture_output=True,
-                            text=True, env={**os.environ, "UV_NO_CONFIG": "1"})
-    return result.returncode, result.stdout if result.returncode == 0 else result.stderr
+def compile_lock(requirements: list[str], python_version: str, platform: str, extra: list[str],
+                 earlier: str | None = None) -> tuple[int, str]:
+    """(exit code, the lock when it worked, else uv's explanation). earlier: a lock whose versions uv keeps
+    where they fit (uv prefers what its output file already pins)."""
+    with tempfile.TemporaryDirectory(prefix="localml-lock-") as folder:
+        output = Path(folder) / "lock.txt"
+        output.write_text(earlier or "", encoding="utf-8")
+        command = [uv_binary(), "pip", "compile", "-", "--python-version", python_version, "--python-platform",
+                   platform, "--no-header", "--quiet", "--index-url", index_url(), "--output-file", str(output),
+                   *extra]
+        result = subprocess.run(command, input="".join(f"{line}\n" for line in requirements), capture_output=True,
+                                text=True, env={**os.environ, "UV_NO_CONFIG": "1"})
+        if result.returncode != 0:
+            return result.returncode, result.stderr
+        return 0, output.read_text(encoding="utf-8")
 
 
 def lock_environment(requirements: list[str], python_version: str, platform: str, conda_file: str, *,
-                     relock: bool = False, progress: Callable[[str], None] = lambda text: None) -> Lock:
+                     relock: bool = False, progress: Callable[[str], None] = lambda text: None,
+                     prefer: Path | None = None) -> Lock:
     """The lock for these requirements on this Python (X.Y, or X.Y.Z: the patch level does not matter) and
-    platform: reused, or resolved now."""
+    platform: reused, or resolved now. prefer: the deployment's previous lock, whose versions are kept where
+    the new requirements allow (adding a package changes nothing else); relock=1 resolves afresh."""
     python_version = ".".join(python_version.split(".")[:2])
     path = state_root() / "locks" / f"{lock_key(requirements, python_version, platform)}.txt"
     if path.exists() and not relock:
         text = path.read_text(encoding="utf-8")
         limited = re.search(r"^# unpinned requirements as of (.+)$", text, re.M)
         return Lock(path, text, _count(text), False, limited[1] if limited else None)
-    if any(not exact_version(requirement) for requirement in requirements):
-        progress("asking the package index when the pinned requirements were released")
-    limits, limited_by = date_limits(requirements)
+    limits, limited_by = date_limits(requirements, progress)
     note = None
-    progress(f"resolving {len(requirements)} requirements with uv for Python {python_version} on {platform}")
-    code, output = compile_lock(requirements, python_version, platform, limits)
+    earlier = prefer.read_text(encoding="utf-8") if prefer and not relock and prefer.is_file() else None
+    kept = " (keeping the previous lock's versions where they still fit)" if earlier else ""
+    progress(f"resolving {len(requirements)} requirements with uv for Python {python_version} on {platform}{kept}")
+    code, output = compile_lock(requirements, python_version, platform, limits, earlier)
     if code != 0 and limits:
         note = f"no resolution as of {limited_by}: resolved without the date limit"
         limited_by = None
-        code, output = compile_lock(requirements, python_version, platform, [])
+        code, output = compile_lock(requirements, python_version, platform, [], earlier)
     if code != 0:
         raise resolution_error(output, requirements, conda_file)
     header = (f"# localml's lock of {Path(conda_file).name} for Python {python_version} on {platform} "

@@ -134,3 +134,27 @@ def test_a_fully_pinned_file_asks_the_index_for_no_dates(monkeypatch):
 
     monkeypatch.setattr(lock, "upload_day", no_asking)
     assert lock.date_limits(["scikit-learn==1.2.2", "numpy==1.24.2", "debugpy"]) == ([], None)
+
+
+def test_installers_are_not_dated_and_ask_the_index_nothing(monkeypatch):
+    def no_asking(name, version):
+        raise AssertionError("only installers are unpinned: no date is needed")
+
+    monkeypatch.setattr(lock, "upload_day", no_asking)
+    assert lock.date_limits(["pip", "setuptools", "scikit-learn==1.2.2", "debugpy"]) == ([], None)
+
+
+def test_adding_a_requirement_keeps_the_previous_locks_versions(conda_file):
+    """An earlier lock's versions stay where the new requirements allow, as conda keeps what is installed;
+    without it (or with relock=1) the same requirements resolve to today's versions."""
+    first = lock.lock_environment(["scikit-learn", "numpy<2"], "3.11", PLATFORM, str(conda_file))
+    older = first.text.replace(f"scikit-learn=={pins(first.text)['scikit-learn']}", "scikit-learn==1.4.2")
+    earlier = conda_file.parent / "earlier.txt"
+    earlier.write_text(older)
+    added = lock.lock_environment(["scikit-learn", "numpy<2", "six"], "3.11", PLATFORM, str(conda_file),
+                                  prefer=earlier)
+    assert pins(added.text)["scikit-learn"] == "1.4.2"  # kept: it still fits
+    assert "six" in pins(added.text)
+    fresh = lock.lock_environment(["scikit-learn", "numpy<2", "six"], "3.11", PLATFORM, str(conda_file),
+                                  prefer=earlier, relock=True)
+    assert pins(fresh.text)["scikit-learn"] == pins(first.text)["scikit-learn"] != "1.4.2"
