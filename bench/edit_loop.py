@@ -1,10 +1,10 @@
 """Benchmark of the edit loop on the sample (a script, not a test).
 
-    .venv/bin/python bench/edit_loop.py [--runs 5] [--azure-runs 2] [--env-runs 1] [--invokes 200]
+    .venv/bin/python bench/edit_loop.py [--runs 5] [--azure-runs 2] [--invokes 200]
 
 In one run, side by side, on a private copy of specs/ (its own endpoint name, removed at the end):
-- localml: cold debug from the base image, no-op debug, code edit (under debugpy, the default, and
-  with debugger=0) / config edit / environment edit -> first correct response, invoke through
+- localml: no-op debug, code edit (under debugpy, the default, and with debugger=0) / config edit
+  -> first correct response (environment builds: bench/environment.py), invoke through
   `localml invoke`, and as plain HTTP straight to the deployment and through the endpoint router (p50/p99);
 - the Azure way for the same code and config edits: the image built again (without Docker's
   cache, as Azure's local endpoint solves the environment on every update), the container
@@ -152,7 +152,6 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--azure-runs", type=int, default=2)
-    parser.add_argument("--env-runs", type=int, default=1)
     parser.add_argument("--invokes", type=int, default=200)
     options = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="localml-bench-"))
@@ -168,9 +167,7 @@ def main() -> None:
         rows.append(("validate the sample (in process, median of 20)", f"{statistics.median(validate_ms):.1f} ms",
                      "", ""))
 
-        # cold: the environment built from the base image without Docker's cache
-        cold = bench.localml("debug", spec, "no_cache=1")
-        rows.append(("cold `debug` from the base image (uv install, container, healthy)", f"{cold:.1f} s", "", ""))
+        bench.localml("debug", spec)  # environment builds have their own benchmark: bench/environment.py
 
         noop = median_time(options.runs, lambda: bench.localml("debug"))
         rows.append((f"no-op `debug` (median of {options.runs})", f"{noop:.2f} s", "", ""))
@@ -215,20 +212,6 @@ def main() -> None:
         bench.localml("debug")
         rows.append((f"config edit → first correct answer (median of {options.runs} / {options.azure_runs}; "
                      "Azure way with build cache)", f"{ours:.2f} s", f"{cached:.1f} s", f"{cached / ours:.1f}×"))
-
-        conda = bench.root / "environment" / "conda.yml"
-        original_conda = conda.read_text()
-        def env_edit() -> None:
-            # a requirement text never built before, so Docker's cache cannot answer for it
-            unique = f"six>=1.0,!=0.{uuid.uuid4().int % 10**9}"
-            conda.write_text(original_conda.replace("      - numpy==2.4.6\n",
-                                                    f"      - numpy==2.4.6\n      - {unique}\n"))
-            bench.localml("debug")
-            bench.wait_for(bench.expected(base))
-
-        ours = median_time(options.env_runs, env_edit)
-        rows.append((f"environment edit (a pip package added) → first answer (median of {options.env_runs})",
-                     f"{ours:.1f} s", "", ""))
 
         request_file = bench.root / "sample-request.json"
         via_cli = median_time(options.runs, lambda: bench.localml("invoke", f"request={request_file}"))
