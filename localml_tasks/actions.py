@@ -30,6 +30,7 @@ from . import (
     image,
     invoke,
     lifecycle,
+    ownership,
     process_runtime,
     server,
     uv_install,
@@ -452,9 +453,12 @@ def start_process(target: Target, mode: ServerMode) -> None:
     previous = process_runtime.read_record(target.state_dir)
     reason = "started"
     if previous is not None:
-        alive = process_runtime.is_our_supervisor(previous.supervisor_pid)
+        alive = process_runtime.is_our_supervisor(target.state_dir, previous)
         reason = "restarted: configuration changed" if alive else "restarted: it was not running"
-        process_runtime.stop(target.state_dir)
+        stopped = process_runtime.stop(target.state_dir)
+        if stopped is not None and stopped.stale:
+            _line("process", ownership.stale_line("process.json", previous.supervisor_pid, stopped.found))
+            reason = "started"
     taken = docker_engine.ports_in_use_by_containers() if docker_engine.engine_available() else set()
     scoring = container_stage.pick_port(previous.scoring_port if previous else container_stage.FIRST_SCORING_PORT,
                                         taken)
@@ -945,7 +949,7 @@ def _describe_process(endpoint_name: str, state_dir: Path) -> dict[str, Any] | N
     record = process_runtime.read_record(state_dir)
     if record is None:
         return None
-    alive = process_runtime.is_our_supervisor(record.supervisor_pid)
+    alive = process_runtime.is_our_supervisor(state_dir, record)
     data = read_json(state_dir / "deployment.json") or {}
     state = lifecycle.process_state(alive, record.supervisor_pid, state_dir / "runtime", record.scoring_port,
                                     data.get("readiness_probe"))
@@ -1021,17 +1025,16 @@ def _follow_file(path: Path, tail: int | None, follow: bool) -> None:
 
 
 def delete(target: Target, with_images: bool) -> None:
-    record = process_runtime.read_record(target.state_dir)
-    tree = [pid for leader in process_runtime.sessions(target.state_dir, record)
-            for pid in process_runtime.session_pids(leader)] if record else []
     stopped = process_runtime.stop(target.state_dir)
-    if stopped is not None:
-        left = process_runtime.wait_until_gone(tree)
+    if stopped is not None and stopped.stale:
+        _line("delete", ownership.stale_line("process.json", stopped.record.supervisor_pid, stopped.found))
+    elif stopped is not None:
+        left = process_runtime.wait_until_gone(stopped.ended)
         if left:
             raise LocalmlError.one(f"processes {left} of {target.deployment} did not stop",
                                    fix=f"end them by hand: kill -9 {' '.join(map(str, left))}")
-        _line("delete", f"stopped the server process of {target.deployment} (pid {stopped.supervisor_pid}); "
-                        "nothing of it is left running")
+        _line("delete", f"stopped the server process of {target.deployment} "
+                        f"(pid {stopped.record.supervisor_pid}); nothing of it is left running")
         _update_routes_after_delete(target)
         return
     name = container_stage.container_name(target.endpoint, target.deployment)
@@ -1078,9 +1081,12 @@ def _update_routes_after_delete(target: Target) -> None:
             target.endpoint, data, remaining, starts=_start_commands(target.endpoint, described)))
         _line("delete", f"endpoint {target.endpoint} still routes to {', '.join(sorted(remaining))}")
         return
-    pid = endpoint_stage.stop_router(target.endpoint)
-    if pid is not None:
-        _line("delete", f"stopped the router of endpoint {target.endpoint} (pid {pid}): it has no deployments left")
+    stopped = endpoint_stage.stop_router(target.endpoint)
+    if stopped is not None and stopped[1] == ownership.OURS:
+        _line("delete", f"stopped the router of endpoint {target.endpoint} (pid {stopped[0]}): "
+                        "it has no deployments left")
+    elif stopped is not None:
+        _line("delete", ownership.stale_line(endpoint_stage.ROUTER_FILE, *stopped))
 
 
 def list_endpoints() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,11 +20,11 @@ from typing import Any
 
 import requests
 
+from . import ownership
 from .container import LOOPBACK, pick_port
 from .errors import LocalmlError
 from .process_runtime import wait_until_gone
 from .router_server import STATUS_PATH
-from .server import process_is_alive
 from .state import read_json, state_root, write_json_if_changed
 
 FIRST_ENDPOINT_PORT = 5100
@@ -107,10 +108,25 @@ def _answers(port: int) -> bool:
         return False
 
 
+def router_identity(endpoint: str, record: dict[str, Any]) -> ownership.Identity:
+    """Our router: router_server given this endpoint's routes file, started when router.json says."""
+    return ownership.Identity(argv=("localml_tasks.router_server", str(endpoint_dir(endpoint) / ROUTES_FILE)),
+                              start_ticks=record.get("start_ticks"), boot_id=record.get("boot_id"))
+
+
+def _router_verdict(endpoint: str, record: dict[str, Any] | None) -> tuple[int, str]:
+    """(its pid, ownership verdict) of the router a router.json names."""
+    try:
+        pid = int((record or {})["pid"])
+    except (KeyError, TypeError, ValueError):
+        return 0, ownership.GONE
+    return pid, ownership.verdict(pid, router_identity(endpoint, record or {}))
+
+
 def find_router(endpoint: str) -> Router | None:
-    """The endpoint's router, if it runs (its pid is alive and it answers on its port)."""
+    """The endpoint's router, if it runs (its pid is our router's and it answers on its port)."""
     record = read_json(endpoint_dir(endpoint) / ROUTER_FILE)
-    if not record or not process_is_alive(int(record["pid"])):
+    if _router_verdict(endpoint, record)[1] not in (ownership.OURS, ownership.UNKNOWN):
         return None
     router = Router(int(record["pid"]), int(record["port"]))
     return router if _answers(router.port) else None
@@ -130,7 +146,7 @@ def ensure_router(endpoint: str, taken_ports: set[int]) -> tuple[Router, bool]:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         )
-    write_json_if_changed(folder / ROUTER_FILE, {"pid": process.pid, "port": port})
+    write_json_if_changed(folder / ROUTER_FILE, {"pid": process.pid, "port": port, **ownership.stamp(process.pid)})
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if _answers(port):
@@ -143,23 +159,25 @@ def ensure_router(endpoint: str, taken_ports: set[int]) -> tuple[Router, bool]:
                            fix=f"see {folder / ROUTER_LOG}")
 
 
-def stop_router(endpoint: str) -> int | None:
-    """Remove the routes (the router stops by itself when they go) and end it; returns its pid."""
+def stop_router(endpoint: str) -> tuple[int, str] | None:
+    """Remove the routes (the router stops by itself when they go) and end it when it is ours: (its pid,
+    ownership.OURS), or (the pid router.json named, FOREIGN or UNKNOWN) when that is a stale file and
+    nothing was signalled; None when no router ran."""
     folder = endpoint_dir(endpoint)
     (folder / ROUTES_FILE).unlink(missing_ok=True)
     record = read_json(folder / ROUTER_FILE)
     (folder / ROUTER_FILE).unlink(missing_ok=True)
-    if not record or not process_is_alive(int(record["pid"])):
-        return None
-    pid = int(record["pid"])
+    pid, found = _router_verdict(endpoint, record)
+    if found != ownership.OURS:
+        return None if found == ownership.GONE else (pid, found)
     try:
-        os.kill(pid, 15)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return None
     wait_until_gone([pid], timeout_s=5)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # when this very process started it
-    return pid
+    return pid, found
 
 
 def mirror_log_tail(endpoint: str, lines: int = 20) -> list[str]:

@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import ownership
 from .container import IN_CONTAINER
 from .environment import ResolvedEnvironment
 from .image import parse_build_failure
@@ -41,6 +42,9 @@ class ProcessRecord:
     venv: str
     config_hash: str
     log_file: str
+    # when the supervisor started (ownership.stamp): a pid reused since is not taken for it
+    start_ticks: int | None = None
+    boot_id: str | None = None
 
     def host(self, name: str) -> ProcessHost:
         return ProcessHost(self.supervisor_pid, name, Path(self.log_file))
@@ -56,16 +60,29 @@ def read_record(state_dir: Path) -> ProcessRecord | None:
 
 def live_record(state_dir: Path) -> ProcessRecord | None:
     record = read_record(state_dir)
-    return record if record and is_our_supervisor(record.supervisor_pid) else None
+    return record if record and is_our_supervisor(state_dir, record) else None
 
 
-def is_our_supervisor(pid: int) -> bool:
-    if not process_is_alive(pid):
-        return False
-    try:
-        return "supervisor.py" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return True  # no /proc here: trust the pid
+def supervisor_identity(state_dir: Path, record: ProcessRecord) -> ownership.Identity:
+    """Our supervisor: supervisor.py given this deployment's runtime folder, started when the record says."""
+    return ownership.Identity(argv=("supervisor.py", str((state_dir / "runtime").resolve())),
+                              start_ticks=record.start_ticks, boot_id=record.boot_id)
+
+
+def server_identity(state_dir: Path, record: ProcessRecord) -> ownership.Identity:
+    """What our supervisor started (the server and its workers): they have its runtime folder in their
+    environment, and started after it."""
+    return ownership.Identity(environ=(f"LOCALML_RUNTIME_DIR={(state_dir / 'runtime').resolve()}",),
+                              started_after=record.start_ticks, boot_id=record.boot_id)
+
+
+def supervisor_verdict(state_dir: Path, record: ProcessRecord) -> str:
+    return ownership.verdict(record.supervisor_pid, supervisor_identity(state_dir, record))
+
+
+def is_our_supervisor(state_dir: Path, record: ProcessRecord) -> bool:
+    """Whether the record's supervisor runs (without /proc: whether its pid exists; it is never signalled then)."""
+    return supervisor_verdict(state_dir, record) in (ownership.OURS, ownership.UNKNOWN)
 
 
 # --- the venv ---------------------------------------------------------------------------------------
@@ -176,7 +193,8 @@ def start(deployment: Deployment, venv: Path, state_dir: Path, runtime_dir: Path
             stdout=log, stderr=subprocess.STDOUT, cwd=deployment.code_dir, start_new_session=True,
         )
     record = ProcessRecord(supervisor_pid=process.pid, scoring_port=scoring_port, debug_port=debug_port,
-                           venv=str(venv), config_hash=config_hash(deployment, venv), log_file=str(log_file))
+                           venv=str(venv), config_hash=config_hash(deployment, venv), log_file=str(log_file),
+                           **ownership.stamp(process.pid))
     write_json_if_changed(state_dir / "process.json", asdict(record))
     return record
 
@@ -188,26 +206,50 @@ def sessions(state_dir: Path, record: ProcessRecord) -> list[int]:
     return [record.supervisor_pid] + ([int(server_pid)] if server_pid else [])
 
 
-def stop(state_dir: Path, timeout_s: float = 15.0) -> ProcessRecord | None:
-    """End the supervisor and everything under it; returns the record of what was stopped."""
+@dataclass
+class Stopped:
+    """What stop() found: the record, whether its supervisor was ours (ownership.OURS, GONE, FOREIGN,
+    UNKNOWN), and the processes of ours it ended (FOREIGN or UNKNOWN: none, nothing was signalled)."""
+
+    record: ProcessRecord
+    found: str
+    ended: list[int]
+
+    @property
+    def stale(self) -> bool:
+        return self.found in (ownership.FOREIGN, ownership.UNKNOWN)
+
+
+def stop(state_dir: Path, timeout_s: float = 15.0) -> Stopped | None:
+    """End the supervisor and everything under it, only what is verifiably ours (ownership.py). A record
+    whose pid is someone else's (a stale file) is removed and nothing is signalled."""
     record = read_record(state_dir)
     if record is None:
         return None
     pid = record.supervisor_pid
+    found = supervisor_verdict(state_dir, record)
+    if found in (ownership.FOREIGN, ownership.UNKNOWN):
+        (state_dir / "process.json").unlink(missing_ok=True)
+        return Stopped(record, found, [])
+    # both sessions were started with their leader as session leader (sid == pid); a session is ended whole
+    # only when its leader is verified ours, else only its members that are themselves recognisably ours
     leaders = sessions(state_dir, record)
-    if is_our_supervisor(pid):
+    member = server_identity(state_dir, record)
+    ours = [pid] if found == ownership.OURS else []
+    ours += [leader for leader in leaders[1:] if ownership.verdict(leader, member) == ownership.OURS]
+    tree = ownership.our_session_members(leaders, ours, member)
+    if found == ownership.OURS:
         os.kill(pid, signal.SIGTERM)  # it stops the server, then exits
         deadline = time.monotonic() + timeout_s
         while process_is_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-    # whatever is left in either session (both were started as session leaders: pgid == pid)
-    for leader in leaders:
-        for member in session_pids(leader):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(member, signal.SIGKILL)
+    # whatever is left in either session
+    for left in ownership.our_session_members(leaders, ours, member):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(left, signal.SIGKILL)
     _reap(pid)
     (state_dir / "process.json").unlink(missing_ok=True)
-    return record
+    return Stopped(record, found, tree)
 
 
 def _reap(pid: int) -> None:
@@ -227,14 +269,4 @@ def wait_until_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
 
 def session_pids(session_id: int) -> list[int]:
     """Every live process in a session (from /proc): what `delete` must leave behind as nothing."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[3]) == session_id and fields[0] != "Z":
-                pids.append(int(entry.name))
-    return pids
-
+    return ownership.session_members(session_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -96,6 +97,52 @@ def peek_names(spec_path: Path, overrides: Sequence[Override] = ()) -> tuple[str
         elif override.target == ENDPOINT and override.path == ("name",) and not named_here:
             endpoint = override.value  # endpoint_set=name=...: the endpoint's name, when the deployment names none
     return endpoint, name
+
+
+def name_rule(kind: str) -> tuple[str, str]:
+    """(regular expression, the rule in words) of an endpoint's or deployment's name, from our schemas."""
+    node = schema._schema(kind)["properties"]["name"]
+    words = re.search(r"\d+-\d+ characters[^(.]*", node["description"])
+    return node["pattern"], words.group(0).strip() if words else f"matches {node['pattern']}"
+
+
+def check_names(spec_path: Path, endpoint: str, deployment: str, given: overrides_stage.Overrides) -> None:
+    """Refuse, before any path is built of them, names that break Azure's naming rule (they become folders
+    under .localml/: `endpoint_name=../x` must not reach anywhere else). One error names where each came from."""
+    problems = []
+    for kind, value, variable in (("endpoint", endpoint, "endpoint_name"), ("deployment", deployment, "deployment")):
+        pattern, rule = name_rule(kind)
+        if re.fullmatch(pattern, value):
+            continue
+        from_command_line = getattr(given, variable) == value
+        file, line = (None, None) if from_command_line else _where_named(spec_path, kind)
+        problems.append(Problem(
+            f"the {kind} name {value!r} is not valid: {rule} (Azure's rule for {kind} names; "
+            "localml keeps its state in a folder of that name)",
+            override=f"{variable}={value}" if from_command_line else None,
+            file=file, line=line,
+            fix=f"give a name such as my-{kind}" + ("" if from_command_line else " (or override it: "
+                                                      f"{variable}=my-{kind})")))
+    if problems:
+        raise LocalmlError(problems)
+
+
+def _where_named(spec_path: Path, kind: str) -> tuple[str, int | None]:
+    """(file, line) of the YAML key that gives the name: the deployment's `name:` (or `endpoint_name:`), else
+    the endpoint file's `name:`; no line when the name came from the file's name."""
+    key = "name" if kind == "deployment" else "endpoint_name"
+    candidates = [(spec_path, key)]
+    if kind == "endpoint":
+        candidates += [(spec_path.parent / name, "name") for name in ENDPOINT_FILE_NAMES]
+    for path, wanted in candidates:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for number, text in enumerate(lines, start=1):
+            if re.match(rf"^{wanted}\s*:", text):
+                return str(path), number
+    return str(spec_path), None
 
 
 def _peek_file_names(spec_path: Path) -> tuple[str, str, bool]:

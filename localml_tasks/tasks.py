@@ -19,6 +19,7 @@ from typing import Any
 from doit import get_var
 from doit.exceptions import TaskFailed
 from rich.console import Console
+from rich.markup import escape
 
 from . import actions, docker_engine, invoke
 from .actions import ServerMode, Target
@@ -26,7 +27,7 @@ from .errors import LocalmlError
 from .overrides import VARIABLES as OVERRIDE_VARIABLES
 from .overrides import Overrides
 from .reporter import LocalmlReporter
-from .spec import peek_names
+from .spec import check_names, peek_names
 from .state import STATE_DIR_NAME, current_file, read_json
 
 DOIT_CONFIG = {
@@ -87,6 +88,12 @@ def _target() -> Target | None:
             return None
     path = Path(spec)
     endpoint, deployment = peek_names(path, overrides.parse(lenient=True))
+    try:
+        check_names(path, endpoint, deployment, overrides)  # they become folders: refused before any path is built
+    except LocalmlError as exc:
+        # while doit loads the tasks, before any of them runs: the message alone, and doit's exit code for that
+        _errors.print(f"[red]{escape(exc.render())}[/]")
+        raise SystemExit(3) from None
     return Target(path, endpoint, deployment, Path(endpoint_yaml) if endpoint_yaml else None, overrides)
 
 
