@@ -298,14 +298,7 @@ def prepare(context: Path, dockerfile_path: str, build_dir: Path, config: Projec
     user_inputs = "\0".join([dockerfile_path, dockerfile.read_text(encoding="utf-8"), context_hash,
                              *(f"{item['name']}={item['id']}" for item in images)])
     user_tag = f"{USER_IMAGE_REPOSITORY}:{hashlib.sha256(user_inputs.encode()).hexdigest()[:16]}"
-    ca = host_ca_bundle()
-    layer = render_layer_dockerfile(user_tag, dockerfile_path, with_ca=ca is not None)
-    script = render_layer_script()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    write_if_changed(build_dir / "Dockerfile", layer)
-    write_if_changed(build_dir / LAYER_SCRIPT_NAME, script)
-    remove_files(build_dir, "requirements.txt", CONDA_FILE_NAME, INSTALL_SCRIPT_NAME)
-    write_ca_copy(build_dir, ca)
+    layer, script = write_layer(build_dir, user_tag, dockerfile_path)
     final = images[-1] if images else {"name": "", "local": "", "id": ""}
     plan = ImagePlan(
         tag=image_tag(layer, script, user_tag), base_image=final["local"], declared_image=final["name"],
@@ -317,19 +310,26 @@ def prepare(context: Path, dockerfile_path: str, build_dir: Path, config: Projec
     return plan, files
 
 
-def prepare_image_only(declared_image: str, build_dir: Path, config: ProjectConfig) -> ImagePlan:
-    """An environment given only as an image (it holds the inference server, as Azure requires): the image
-    runs as it is, with our layer on top; the layer's build is where a missing server is found out."""
-    local = config.resolve_image(declared_image)
-    image = resolve_base_image(declared_image, local)
+def write_layer(build_dir: Path, user_image: str, user_dockerfile: str | None) -> tuple[str, str]:
+    """Our layer's Dockerfile, script and CA copy in build_dir (only what changed is rewritten); (Dockerfile,
+    script), which the image tag hashes."""
     ca = host_ca_bundle()
-    layer = render_layer_dockerfile(local, None, with_ca=ca is not None)
+    layer = render_layer_dockerfile(user_image, user_dockerfile, with_ca=ca is not None)
     script = render_layer_script()
     build_dir.mkdir(parents=True, exist_ok=True)
     write_if_changed(build_dir / "Dockerfile", layer)
     write_if_changed(build_dir / LAYER_SCRIPT_NAME, script)
     remove_files(build_dir, "requirements.txt", CONDA_FILE_NAME, INSTALL_SCRIPT_NAME)
     write_ca_copy(build_dir, ca)
+    return layer, script
+
+
+def prepare_image_only(declared_image: str, build_dir: Path, config: ProjectConfig) -> ImagePlan:
+    """An environment given only as an image (it holds the inference server, as Azure requires): the image
+    runs as it is, with our layer on top; the layer's build is where a missing server is found out."""
+    local = config.resolve_image(declared_image)
+    image = resolve_base_image(declared_image, local)
+    layer, script = write_layer(build_dir, local, None)
     plan = ImagePlan(tag=image_tag(layer, script, image), base_image=local, declared_image=declared_image,
                      base_image_id=image, base_python="", python_version=None, conda_file="", kind="image")
     write_json_if_changed(build_dir / "plan.json", plan.to_json())
