@@ -95,6 +95,16 @@ def _no_routers_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     stop_routers(tmp_path_factory.getbasetemp())
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test reaching `engine` (itself or through a fixture) must carry the docker mark, or the fast loop breaks.
+
+    Checked before any fixture is set up, so the message is this one with or without an engine."""
+    if "engine" in getattr(item, "fixturenames", ()) and item.get_closest_marker("docker") is None:
+        pytest.fail(f"{item.nodeid} uses the Docker engine: mark it @pytest.mark.docker (or set "
+                    "`pytestmark = pytest.mark.docker` in its module) so `pytest -m \"not docker\"` leaves it out",
+                    pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def engine() -> docker.DockerClient:
     """The real Docker engine, with the sample's base image. Fails (never skips) when absent."""

@@ -305,6 +305,7 @@ def test_doit_validate_accepts_an_image_only_environment(tmp_path):
 # --- on the real engine -----------------------------------------------------------------------------------
 
 
+@pytest.mark.docker
 def test_a_kubernetes_endpoint_and_deployment_run_locally_with_their_limits(project: Project, engine):
     (project.root / "endpoint.yml").write_text(f"name: {project.endpoint}\n{KUBERNETES_ENDPOINT}")
     spec = project.spec.read_text().replace("instance_type: Standard_DS3_v2\ninstance_count: 1\n", "")

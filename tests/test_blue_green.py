@@ -16,6 +16,8 @@ import pytest
 import requests
 from conftest import REPO, Project, remove_containers, sample_copy
 
+pytestmark = pytest.mark.docker
+
 REQUEST_FILE = REPO / "specs" / "sample-request.json"
 REQUEST = json.loads(REQUEST_FILE.read_text())
 BLUE_FIRST = 41.525434596312586  # the sample model's first prediction; green's is twice it

@@ -229,6 +229,7 @@ def image_names(engine: docker.DockerClient) -> set[str]:
     return {tag for image in engine.images.list() for tag in image.tags}
 
 
+@pytest.mark.docker
 def test_build_context_runs_unchanged_rebuilds_only_on_context_changes(ctx):
     before = ctx.snapshot()
     named_before = image_names(ctx.engine)
@@ -257,6 +258,7 @@ def test_build_context_runs_unchanged_rebuilds_only_on_context_changes(ctx):
     assert set(ctx.snapshot()) == set(before)
 
 
+@pytest.mark.docker
 def test_image_without_debugpy_gets_it_in_localmls_layer_only(ctx):
     """The user's image lacks debugpy: our layer pip-installs it (through the proxy, with the CA) into
     /opt/localml/site, and the debug server finds it there."""
@@ -273,6 +275,7 @@ def test_image_without_debugpy_gets_it_in_localmls_layer_only(ctx):
     assert ctx.invoke() == {"greeting": "hello from the build context"}
 
 
+@pytest.mark.docker
 def test_failing_user_dockerfile_names_its_line_and_dockers_error(ctx):
     (ctx.context / "Dockerfile").write_text(f"FROM {AZURE_IMAGE}\n\nCOPY missing.txt /opt/missing.txt\n")
     result = ctx.debug()
@@ -282,6 +285,7 @@ def test_failing_user_dockerfile_names_its_line_and_dockers_error(ctx):
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.docker
 def test_image_without_the_inference_server_says_the_dockerfile_must_install_it(ctx):
     (ctx.context / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\n")
     result = ctx.debug()
@@ -291,6 +295,7 @@ def test_image_without_the_inference_server_says_the_dockerfile_must_install_it(
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.docker
 def test_process_mode_still_refuses_a_build_context(ctx):
     result = ctx.debug("runtime=process")
     assert result.returncode != 0
@@ -311,6 +316,7 @@ instance_count: 1
 """
 
 
+@pytest.mark.docker
 def test_an_image_only_environment_serves_with_localmls_layer_on_the_image(tmp_path, engine, sample_env_image):
     """Azure's image-only environment: the image already holds azmlinfsrv; nothing is installed."""
     project = sample_copy(tmp_path / "project")
@@ -340,6 +346,7 @@ def test_an_image_only_environment_serves_with_localmls_layer_on_the_image(tmp_p
                 engine.images.remove(json.loads(plan_file.read_text())["tag"])
 
 
+@pytest.mark.docker
 def test_an_image_only_environment_without_the_server_names_the_image(tmp_path, engine):
     project = sample_copy(tmp_path / "project")
     spec = project.root / "img" / "deployment.yml"

@@ -114,6 +114,7 @@ def environment_stage(project: Project) -> tuple[str, dict, str]:
     return result.stdout + result.stderr, json.loads((build / "plan.json").read_text()), recipe.read_text()
 
 
+@pytest.mark.docker
 def test_conda_is_detected_in_the_base_image_and_cached_per_image_id(engine, fake_conda_image, tmp_path,
                                                                       monkeypatch):
     monkeypatch.chdir(tmp_path)  # the cache lives under .localml/ of the working directory
@@ -125,6 +126,7 @@ def test_conda_is_detected_in_the_base_image_and_cached_per_image_id(engine, fak
     assert cache == {fake_id: FAKE_CONDA_VERSION, plain_id: ""}
 
 
+@pytest.mark.docker
 def test_environment_stage_takes_the_conda_path_for_a_conda_base(engine, fake_conda_image, tmp_path):
     project = aliased_to(sample_copy(tmp_path / "project"), fake_conda_image)
     output, plan, dockerfile = environment_stage(project)
@@ -137,6 +139,7 @@ def test_environment_stage_takes_the_conda_path_for_a_conda_base(engine, fake_co
     assert (build / "conda.yml").read_text() == (project.root / "environment" / "conda.yml").read_text()
 
 
+@pytest.mark.docker
 def test_environment_stage_takes_the_uv_path_without_conda(engine, tmp_path):
     project = sample_copy(tmp_path / "project")  # localml.yml: the Azure image -> localml/debian-python
     output, plan, script = environment_stage(project)
@@ -147,6 +150,7 @@ def test_environment_stage_takes_the_uv_path_without_conda(engine, tmp_path):
     assert not (project.root / ".localml" / "endpoints" / project.endpoint / "blue" / "build" / "Dockerfile").exists()
 
 
+@pytest.mark.docker
 def test_conda_only_packages_and_python_pins_matter_on_the_pip_path_only(engine, fake_conda_image, tmp_path):
     """python=3.9 on a Python 3.11 base and cudatoolkit: fine for conda, which installs both."""
     for base, name in ((fake_conda_image, "conda"), (BASE_IMAGE, "pip")):

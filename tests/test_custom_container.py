@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import BASE_IMAGE, Project, remove_containers
 
+pytestmark = pytest.mark.docker
+
 IMAGE = "localml-test/custom-server:1"
 
 SERVER = '''

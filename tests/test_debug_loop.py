@@ -24,6 +24,8 @@ from conftest import BASE_IMAGE, REPO, Project
 from dap_client import DapClient, host_launch, line_in, post_in_background, scoring_url, state_dir
 from sklearn.linear_model import Ridge
 
+pytestmark = pytest.mark.docker
+
 REQUEST = REPO / "specs" / "sample-request.json"
 SAMPLE = json.loads(REQUEST.read_text())
 BASE = joblib.load(REPO / "specs" / "model" / "sklearn_regression_model.pkl").predict(

@@ -15,6 +15,8 @@ import pytest
 from conftest import REPO, Project, remove_containers, sample_copy
 from dap_client import DapClient, host_launch, line_in, post_in_background, scoring_url, state_dir
 
+pytestmark = pytest.mark.docker
+
 DEVCONTAINER_CLI = REPO / ".tools" / "node_modules" / ".bin" / "devcontainer"
 
 

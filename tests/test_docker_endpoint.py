@@ -24,6 +24,7 @@ def debug(project: Project, *extra: str, env: dict[str, str] | None = None):
     return project.run("debug", f"spec={project.spec}", *extra, env=env)
 
 
+@pytest.mark.docker
 def test_debug_then_invoke_returns_the_models_own_predictions(project, engine):
     result = debug(project)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -69,6 +70,7 @@ def test_debug_then_invoke_returns_the_models_own_predictions(project, engine):
     assert not engine.containers.list(all=True, filters={"name": project.container_name()})
 
 
+@pytest.mark.docker
 def test_second_debug_with_no_change_builds_and_restarts_nothing(project, engine):
     first = debug(project)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -84,6 +86,7 @@ def test_second_debug_with_no_change_builds_and_restarts_nothing(project, engine
         image_id, container_id, started)
 
 
+@pytest.mark.docker
 def test_scoring_port_moves_on_when_5001_is_taken(project, engine):
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -102,6 +105,7 @@ def test_scoring_port_moves_on_when_5001_is_taken(project, engine):
         blocker.close()
 
 
+@pytest.mark.docker
 def test_init_raising_fails_fast_with_the_exception_and_the_line(project, engine):
     project.edit("onlinescoring/score.py", "    model = joblib.load(model_path)\n",
                  "    raise RuntimeError('weights are corrupt')\n")
@@ -125,6 +129,7 @@ def test_no_docker_engine_is_one_line_saying_how_to_start_it(project):
     assert "dockerd" in errors[0]
 
 
+@pytest.mark.docker
 def test_missing_base_image_names_it_and_the_alias_option(project, engine):
     (project.root / "localml.yml").unlink()
     project.edit("blue-deployment.yml", "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
@@ -136,6 +141,7 @@ def test_missing_base_image_names_it_and_the_alias_option(project, engine):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.docker
 def test_an_unresolvable_requirement_is_reported_at_its_line_before_any_build(project, engine):
     project.edit("environment/conda.yml", "      - numpy==2.4.6\n",
                  "      - numpy==2.4.6\n      - localml-test-no-such-package==0.0.1\n")
@@ -147,6 +153,7 @@ def test_an_unresolvable_requirement_is_reported_at_its_line_before_any_build(pr
     assert "image         building" not in result.stdout and "Traceback" not in result.stderr
 
 
+@pytest.mark.docker
 def test_python_pin_mismatch_is_an_error_unless_allowed(project, engine):
     project.edit("environment/conda.yml", "python=3.11", "python=3.9")
     managed = managed_python("3.9", lock_platform())
@@ -181,6 +188,7 @@ def test_python_pin_mismatch_is_an_error_unless_allowed(project, engine):
     assert "(allowed by allow_python_mismatch: true in localml.yml)" in project_wide.stdout
 
 
+@pytest.mark.docker
 def test_ca_bundle_and_proxy_settings_stay_out_of_the_image(project, engine):
     result = debug(project)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -212,6 +220,7 @@ def test_spec_error_stops_before_any_docker_work(project):
     assert "Docker" not in result.stderr
 
 
+@pytest.mark.docker
 def test_failing_run_answers_non_zero_with_the_servers_message_and_the_cause(project, engine, tmp_path):
     assert debug(project).returncode == 0
     bad_request = tmp_path / "three-features.json"

@@ -20,6 +20,8 @@ import pytest
 from conftest import REPO, Project
 from sklearn.linear_model import Ridge
 
+pytestmark = pytest.mark.docker
+
 REQUEST = REPO / "specs" / "sample-request.json"
 ROWS = np.asarray(json.loads(REQUEST.read_text())["data"], dtype=float)
 

@@ -51,6 +51,7 @@ def path_without_nvidia_smi(tmp_path: Path) -> str:
     return os.pathsep.join(folders)
 
 
+@pytest.mark.docker
 def test_gpu_without_an_nvidia_driver_is_a_clear_error(project: Project, engine, tmp_path):
     result = project.run("debug", f"spec={project.spec}", "vscode=0", "gpu=1",
                          env={"PATH": path_without_nvidia_smi(tmp_path)})
@@ -62,6 +63,7 @@ def test_gpu_without_an_nvidia_driver_is_a_clear_error(project: Project, engine,
         engine.containers.get(project.container_name())
 
 
+@pytest.mark.docker
 def test_an_engine_without_gpu_support_refuses_the_request_with_a_clear_error(project: Project, engine, tmp_path):
     stand_in = tmp_path / "bin" / "nvidia-smi"
     stand_in.parent.mkdir()

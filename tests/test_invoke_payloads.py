@@ -267,6 +267,7 @@ def failed(project: Project, *variables: str) -> str:
     return result.stderr
 
 
+@pytest.mark.docker
 def test_a_jpeg_goes_as_image_jpeg_and_output_saves_the_answer_byte_for_byte(served, tmp_path):
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(JPEG)
@@ -278,6 +279,7 @@ def test_a_jpeg_goes_as_image_jpeg_and_output_saves_the_answer_byte_for_byte(ser
     assert f"saved the answer (200, image/jpeg, {len(JPEG):,} bytes) to {saved}" in result.stdout
 
 
+@pytest.mark.docker
 def test_a_binary_answer_without_output_is_summarised_never_dumped(served, tmp_path):
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(JPEG)
@@ -286,6 +288,7 @@ def test_a_binary_answer_without_output_is_summarised_never_dumped(served, tmp_p
     assert "JFIF" not in result.stdout
 
 
+@pytest.mark.docker
 def test_a_multipart_upload_arrives_with_its_file_name_size_hash_and_text_fields(served, tmp_path):
     photo = tmp_path / "my photo.jpg"
     photo.write_bytes(JPEG)
@@ -302,6 +305,7 @@ def test_a_multipart_upload_arrives_with_its_file_name_size_hash_and_text_fields
     assert answer["form"] == {"note": ["two words"]}
 
 
+@pytest.mark.docker
 def test_headers_reach_run_and_the_deployment_header_names_one(served):
     answer = json_answer(invoked(served, f"request={REQUEST_FILE}", "header=X-Trace: abc:123; X-Note: two words"))
     assert answer["headers"]["x-trace"] == "abc:123" and answer["headers"]["x-note"] == "two words"
@@ -309,6 +313,7 @@ def test_headers_reach_run_and_the_deployment_header_names_one(served):
     assert "200 from blue (named)" in named.stdout
 
 
+@pytest.mark.docker
 def test_json_requests_still_go_as_json_and_deployment_picks_one(served):
     result = invoked(served, f"request={REQUEST_FILE}", "deployment=blue")
     assert "200 from blue (named)" in result.stdout
@@ -317,6 +322,7 @@ def test_json_requests_still_go_as_json_and_deployment_picks_one(served):
     assert answer["json"] == json.loads(REQUEST_FILE.read_text())
 
 
+@pytest.mark.docker
 def test_other_files_go_as_bytes_typed_by_extension_or_content_type(served, tmp_path):
     blob = tmp_path / "weights.weird"
     blob.write_bytes(JPEG)
@@ -329,12 +335,14 @@ def test_other_files_go_as_bytes_typed_by_extension_or_content_type(served, tmp_
     assert retyped["content_type"] == "application/x-raw-image" and retyped["sha256"] == sha256(JPEG)
 
 
+@pytest.mark.docker
 def test_a_text_answer_prints_as_text(served, tmp_path):
     note = tmp_path / "note.txt"
     note.write_text("hello [bold]there[/bold]")  # printed as is, not as rich markup
     assert "you said: hello [bold]there[/bold]" in invoked(served, f"request={note}").stdout
 
 
+@pytest.mark.docker
 def test_what_cannot_be_sent_is_one_clear_error_with_a_fix(served, tmp_path):
     assert "request file is a folder, not a file" in failed(served, f"request={tmp_path}")
     assert "missing.bin: request file not found" in failed(served, f"request={tmp_path / 'missing.bin'}")
@@ -365,6 +373,7 @@ def _obeying_permissions(locked: Path) -> list[str] | None:
     return prefix if b"PermissionError" in probe.stderr else None
 
 
+@pytest.mark.docker
 def test_an_unreadable_request_file_is_a_clear_error(served, tmp_path):
     locked = tmp_path / "locked.json"
     locked.write_text("{}")
@@ -380,6 +389,7 @@ def test_an_unreadable_request_file_is_a_clear_error(served, tmp_path):
     assert f"fix: make it readable (chmod u+r {locked})" in result.stderr
 
 
+@pytest.mark.docker
 def test_the_router_forwards_a_chunked_body_whole(served):
     scoring_uri = json.loads(served.run("show").stdout)["scoring_uri"]
     chunked = requests.post(scoring_uri, data=iter([b"abc", b"\xff\x00"]), timeout=60,  # a generator goes chunked

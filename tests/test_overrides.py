@@ -440,6 +440,7 @@ def sample_predictions() -> list[float]:
     return joblib.load(REPO / "specs" / "model" / "sklearn_regression_model.pkl").predict(ROWS).tolist()
 
 
+@pytest.mark.docker
 def test_code_folder_override_serves_the_other_code_until_spec_is_given_without_it(project, engine):
     other = project.root.parent / "other-code"  # outside the YAML's folder: ../other-code
     shutil.copytree(project.root / "onlinescoring", other)
@@ -478,6 +479,7 @@ def test_code_folder_override_serves_the_other_code_until_spec_is_given_without_
     assert body == pytest.approx(sample_predictions())
 
 
+@pytest.mark.docker
 def test_model_path_and_env_var_overrides_take_effect(project, engine):
     # another model, in a folder of the same name elsewhere: the script's $AZUREML_MODEL_DIR/model/ layout holds
     (project.root / "alt" / "model").mkdir(parents=True)
@@ -495,6 +497,7 @@ def test_model_path_and_env_var_overrides_take_effect(project, engine):
     assert mounts["/var/azureml-app/azureml-models/sample-regression/1/model"] == str(project.root / "alt" / "model")
 
 
+@pytest.mark.docker
 def test_deployment_override_runs_a_second_deployment_from_the_same_yaml(project, engine):
     blue = debug(project)
     assert blue.returncode == 0, blue.stdout + blue.stderr
@@ -514,6 +517,7 @@ def test_deployment_override_runs_a_second_deployment_from_the_same_yaml(project
     assert "200 from blue" in out and body == pytest.approx(sample_predictions())
 
 
+@pytest.mark.docker
 def test_endpoint_name_override_names_the_container(tmp_path, engine):
     project = sample_copy(tmp_path / "project")
     renamed = f"{project.endpoint}-x"

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import pytest
 from conftest import REPO, Project, remove_containers, sample_copy
 
+pytestmark = pytest.mark.docker
+
 REQUEST = REPO / "specs" / "sample-request.json"
 
 SLOW_SCRIPT = '''

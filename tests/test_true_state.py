@@ -89,6 +89,7 @@ def listed_line(project: Project, endpoint: str, deployment: str) -> str:
     return next(line for line in listing[start + 1:] if line.startswith(f"  {deployment} "))
 
 
+@pytest.mark.docker
 def test_a_failed_init_then_the_fix_then_a_stopped_container(project, engine):
     project.edit("onlinescoring/score.py", "    global model, scale\n",
                  "    global model, scale\n    raise ValueError('no model today')\n")
@@ -139,6 +140,7 @@ def test_a_failed_init_then_the_fix_then_a_stopped_container(project, engine):
     assert "doit logs" not in silent.stderr
 
 
+@pytest.mark.docker
 def test_hints_for_an_endpoint_that_is_not_the_remembered_one_name_its_own_spec(project, engine):
     other = f"{project.endpoint}-2"
     green = project.root / "green-deployment.yml"
