@@ -21,8 +21,8 @@ from rich.markup import escape
 from rich.syntax import Syntax
 
 from . import build_context as context_stage
-from . import container as container_stage
 from . import (
+    claims,
     devcontainer,
     disk,
     docker_engine,
@@ -37,6 +37,7 @@ from . import (
     vscode,
     watch,
 )
+from . import container as container_stage
 from . import endpoint as endpoint_stage
 from . import lock as lock_stage
 from .config import CONFIG_FILE_NAME, ProjectConfig, load_project_config
@@ -195,10 +196,30 @@ def _line(stage: str, text: str) -> None:
     out.print(f"[bold]{stage:<13}[/] {text}")
 
 
+def _says(stage: str) -> Callable[[str], None]:
+    return lambda text: _line(stage, text)
+
+
+def _hold(target: Target, stage: str) -> None:
+    """Hold the deployment's lock for the rest of this command (claims.py): another localml command on it,
+    from this folder or another, waits until this one has exited."""
+    global COMMAND_STARTED
+    waited = []
+    if claims.hold_deployment(target.endpoint, target.deployment, lambda text: (waited.append(1), _line(stage, text))) \
+            and waited:
+        # what the other command started is not this command's doing: its up-to-date checks see it as found
+        COMMAND_STARTED = time.time()
+
+
 # --- debug chain -------------------------------------------------------------------
 
 
-def validate(target: Target) -> None:
+def validate(target: Target, takeover: bool = False) -> None:
+    """takeover=1: another project folder's container of this deployment and router of this endpoint are
+    removed once the YAML is valid; without it they are refused before anything is touched."""
+    _hold(target, "validate")
+    if not takeover:
+        claims.claim_deployment(target.endpoint, target.deployment, False, _says("validate"))
     started = time.perf_counter()
     deployment = load_deployment(target.spec_path, target.endpoint_yaml, target.overrides.parse())
     if (deployment.endpoint_name, deployment.deployment_name) != (target.endpoint, target.deployment):
@@ -213,6 +234,8 @@ def validate(target: Target) -> None:
     _line("validate", f"{deployment.deployment_name} on endpoint {deployment.endpoint_name}: valid ({took:.0f} ms)")
     for note in deployment.notes:  # keys Azure accepts that do nothing here, an azureml: reference replaced
         _line("validate", f"note: {escape(note)}")
+    if takeover:
+        claims.claim_deployment(target.endpoint, target.deployment, True, _says("validate"))
 
 
 def python_mismatch_allowance(target: Target, given: str, config: ProjectConfig) -> str | None:
@@ -232,6 +255,7 @@ def python_mismatch_allowance(target: Target, given: str, config: ProjectConfig)
 
 
 def resolve(target: Target, allow_python_mismatch: str, relock: bool = False) -> None:
+    remember_runtime(target, "docker")
     deployment = target.resolved()
     if deployment.inference_config:
         _resolve_custom_image(target, deployment)
@@ -344,6 +368,12 @@ def container_is_current(target: Target, gpu: bool = False) -> bool:
 
 
 def start_container(target: Target, mode: ServerMode, gpu: bool = False) -> None:
+    _hold(target, "container")
+    claims.claim_deployment(target.endpoint, target.deployment, False, _says("container"))
+    if container_stage.is_current(_container_spec(target, gpu)):
+        # doit read its records before this command waited for the lock: another command has just started it
+        _line("container", "up to date (started by the localml command this one waited for)")
+        return
     if gpu:
         gpus = container_stage.check_gpu()
         _line("container", f"gpu=1: requesting {len(gpus)} GPU{'s' if len(gpus) > 1 else ''} ({gpus[0]})")
@@ -371,6 +401,7 @@ def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_autom
                         relock: bool = False) -> None:
     if chosen_automatically:
         _line("runtime", "no Docker engine answers: process mode (the server runs in a venv on this machine)")
+    remember_runtime(target, "process")
     deployment = target.resolved()
     if deployment.inference_config:
         raise LocalmlError.one("a custom container (environment.inference_config) needs Docker: its image is the "
@@ -413,6 +444,23 @@ def runs_as_process(target: Target) -> bool:
     return process_runtime.live_record(target.state_dir) is not None
 
 
+RUNTIME_SETTING = "runtime"  # in the deployment's settings.json: where it was created, kept until runtime= changes it
+
+
+def remembered_runtime(target: Target) -> str | None:
+    """docker or process: the runtime the deployment was last brought up in (None: never, here)."""
+    value = (read_json(target.state_dir / "settings.json") or {}).get(RUNTIME_SETTING)
+    return value if value in ("docker", "process") else None
+
+
+def remember_runtime(target: Target, runtime: str) -> None:
+    settings_file = target.state_dir / "settings.json"
+    settings = read_json(settings_file) or {}
+    if settings.get(RUNTIME_SETTING) != runtime:
+        settings[RUNTIME_SETTING] = runtime
+        write_json_if_changed(settings_file, settings)
+
+
 def _venv_plan(target: Target) -> dict[str, Any]:
     plan = read_json(target.state_dir / "venv-plan.json")
     if plan is None:
@@ -448,6 +496,11 @@ def process_is_current(target: Target) -> bool:
 
 
 def start_process(target: Target, mode: ServerMode) -> None:
+    _hold(target, "process")
+    claims.claim_deployment(target.endpoint, target.deployment, False, _says("process"))
+    if process_is_current(target):
+        _line("process", "up to date (started by the localml command this one waited for)")
+        return
     deployment = target.resolved()
     venv = Path(_venv_plan(target)["venv"])
     previous = process_runtime.read_record(target.state_dir)
@@ -518,6 +571,7 @@ RELOAD_FIX = ("fix it and save again: the server stays up (answering 503 with th
 def refresh_server(target: Target, mode: ServerMode, changed: list[str]) -> None:
     """Bring the server up to date: code or model changed → a reload inside the running process; its mode
     changed, restart=1, or it is not running → a new server process."""
+    _hold(target, "server")
     running = _running(target)
     assert running is not None
     if running.custom:
@@ -825,17 +879,23 @@ def update_endpoint(target: Target) -> None:
     routes = endpoint_stage.render_routes(target.endpoint, deployment.endpoint_data,
                                           _deployment_routes(target.endpoint, described),
                                           starts=_start_commands(target.endpoint, described))
-    endpoint_stage.write_routes(target.endpoint, routes)
-    taken = docker_engine.ports_in_use_by_containers() if docker_engine.engine_available() else set()
-    router, started = endpoint_stage.ensure_router(target.endpoint, taken)
+    with claims.endpoint_lock(target.endpoint, _says("endpoint")):
+        # another folder may have started a router of this endpoint since this command's validate stage
+        claims.claim_endpoint(target.endpoint, False, _says("endpoint"))
+        endpoint_stage.write_routes(target.endpoint, routes)
+        taken = docker_engine.ports_in_use_by_containers() if docker_engine.engine_available() else set()
+        router, started = endpoint_stage.ensure_router(target.endpoint, taken)
     how = "started on" if started else "at"
     _line("endpoint", f"{target.endpoint} {how} {router.scoring_uri} → {endpoint_stage.describe_traffic(routes)}")
     _line("endpoint", "doit invoke request=<file.json> (deployment=<name> picks one)")
 
 
-def watch_deployment(target: Target) -> None:
+def watch_deployment(target: Target, takeover: bool = False) -> None:
     """Follow saves until Ctrl-C: code and model edits reload inside the running server, at once; an edit
-    of the YAML or the conda file runs the debug chain again."""
+    of the YAML or the conda file runs the debug chain again. It holds the deployment's lock only while it
+    reloads: the chain it runs takes the lock itself."""
+    with claims.deployment_lock(target.endpoint, target.deployment, _says("watch")):
+        claims.claim_deployment(target.endpoint, target.deployment, takeover, _says("watch"))
     # bring it up first (a broken start is reported, and the next save is the fix)
     watch.run_debug_chain(target.spec_path, target.endpoint_yaml, target.overrides.argv())
     endpoint_yaml = str(target.endpoint_yaml) if target.endpoint_yaml else None
@@ -868,20 +928,21 @@ def watch_deployment(target: Target) -> None:
 def _reload_after_save(target: Target, changed: list[str]) -> bool:
     """Code or model saved: reload inside the server as it runs now (same debugger, same keep_state).
     False when there is no server of ours running to reload: the debug chain then brings one up."""
-    try:
-        running = _running(target, required=False)
-    except LocalmlError:
-        return False
-    status = server.read_status(target.runtime_dir)
-    if running is None or running.custom or status is None or not running.host.owns(status) \
-            or status.state != "running":
-        return False
-    try:
-        reload_server(target, running, ServerMode.as_running(target), changed)
-    except LocalmlError as exc:
-        _errors.print(exc.render(), markup=False)
-        _line("watch", "the server keeps running: fix the error above and save again")
-    return True
+    with claims.deployment_lock(target.endpoint, target.deployment, _says("watch")):
+        try:
+            running = _running(target, required=False)
+        except LocalmlError:
+            return False
+        status = server.read_status(target.runtime_dir)
+        if running is None or running.custom or status is None or not running.host.owns(status) \
+                or status.state != "running":
+            return False
+        try:
+            reload_server(target, running, ServerMode.as_running(target), changed)
+        except LocalmlError as exc:
+            _errors.print(exc.render(), markup=False)
+            _line("watch", "the server keeps running: fix the error above and save again")
+        return True
 
 
 # --- around the endpoint ------------------------------------------------------------
@@ -1024,7 +1085,9 @@ def _follow_file(path: Path, tail: int | None, follow: bool) -> None:
         pass
 
 
-def delete(target: Target, with_images: bool) -> None:
+def delete(target: Target, with_images: bool, takeover: bool = False) -> None:
+    _hold(target, "delete")
+    claims.claim_deployment(target.endpoint, target.deployment, takeover, _says("delete"))
     stopped = process_runtime.stop(target.state_dir)
     if stopped is not None and stopped.stale:
         _line("delete", ownership.stale_line("process.json", stopped.record.supervisor_pid, stopped.found))
@@ -1035,8 +1098,10 @@ def delete(target: Target, with_images: bool) -> None:
                                    fix=f"end them by hand: kill -9 {' '.join(map(str, left))}")
         _line("delete", f"stopped the server process of {target.deployment} "
                         f"(pid {stopped.record.supervisor_pid}); nothing of it is left running")
-        _update_routes_after_delete(target)
-        return
+        if not docker_engine.engine_available():  # a container of the same name, if any, waits for the engine
+            _update_routes_after_delete(target)
+            return
+    # whichever runtime it ran in last: a container of the deployment goes too
     name = container_stage.container_name(target.endpoint, target.deployment)
     found = docker_engine.get_container(name)
     image_tag = None
@@ -1072,6 +1137,11 @@ def _remove_images(image_tag: str, target: Target) -> None:
 
 def _update_routes_after_delete(target: Target) -> None:
     """The other deployments keep serving; with none left, the endpoint's router stops."""
+    with claims.endpoint_lock(target.endpoint, _says("delete")):
+        _update_routes(target)
+
+
+def _update_routes(target: Target) -> None:
     described = _endpoint_deployments(target.endpoint)
     remaining = _deployment_routes(target.endpoint, described)
     if remaining:

@@ -321,10 +321,9 @@ def start(spec: ContainerSpec) -> tuple[Any, dict[str, int], str]:
                 binds=spec.mounts, **spec.limits,
             )
         except LocalmlError as exc:
+            # create_container removed what it created itself; a container of this name that it did not create
+            # ("name already in use") is another command's: left alone
             last_error = exc
-            leftover = docker_engine.get_container(spec.name)
-            if leftover is not None:
-                docker_engine.remove_container(leftover)
             if "port is already allocated" in exc.render() or "address already in use" in exc.render():
                 taken |= set(host_ports.values())
                 continue

@@ -31,7 +31,8 @@ def _docker():
 
 START_ENGINE_HINT = (
     "start it (Linux: `sudo systemctl start docker` or `sudo dockerd &`; "
-    "Docker Desktop: open the app), or point DOCKER_HOST at a running engine"
+    "Docker Desktop: open the app), or point DOCKER_HOST at a running engine; "
+    "runtime=process runs the deployment without Docker instead"
 )
 
 
@@ -201,10 +202,13 @@ def create_container(binds: list[dict[str, Any]], gpu: bool = False, **kwargs: A
               for b in binds]
     if gpu:
         kwargs["device_requests"] = gpu_device_requests()
+    container = None
     try:
         container = client().containers.create(mounts=mounts, **kwargs)
         container.start()
     except _docker().errors.APIError as exc:
+        if container is not None:
+            remove_container(container)  # created by this call, by its id: never another command's of that name
         if gpu and "device driver" in str(exc):
             raise LocalmlError.one(
                 f"the Docker engine cannot give the container a GPU: {_short(exc)}",

@@ -25,7 +25,7 @@ from .container import LOOPBACK, pick_port
 from .errors import LocalmlError
 from .process_runtime import wait_until_gone
 from .router_server import STATUS_PATH
-from .state import read_json, state_root, write_json_if_changed
+from .state import STATE_DIR_NAME, read_json, state_root, write_json_if_changed
 
 FIRST_ENDPOINT_PORT = 5100
 ROUTES_FILE = "routes.json"
@@ -34,8 +34,28 @@ ROUTER_LOG = "router.log"
 MIRROR_LOG = "mirror.log"
 
 
-def endpoint_dir(endpoint: str) -> Path:
-    return state_root() / "endpoints" / endpoint
+def endpoint_dir(endpoint: str, root: Path | None = None) -> Path:
+    """root: another project folder (its router, for takeover=1); else this one."""
+    return (root / STATE_DIR_NAME if root else state_root()) / "endpoints" / endpoint
+
+
+def router_folders(endpoint: str) -> list[Path]:
+    """The project folders whose router of this endpoint runs now, found by their command lines (the routes
+    file each was given: <folder>/.localml/endpoints/<endpoint>/routes.json). Empty without /proc."""
+    tail = ("", STATE_DIR_NAME, "endpoints", endpoint, ROUTES_FILE)
+    folders = []
+    for entry in ownership.PROC.iterdir() if ownership.has_proc() else []:
+        if not entry.name.isdigit():
+            continue
+        seen = ownership.look(int(entry.name))
+        if seen is None or "localml_tasks.router_server" not in seen.argv:
+            continue
+        for argument in seen.argv:
+            if argument.endswith("/".join(tail)):
+                folder = Path(argument[: -len("/".join(tail))] or "/")
+                if folder not in folders:
+                    folders.append(folder)
+    return folders
 
 
 @dataclass
@@ -108,19 +128,19 @@ def _answers(port: int) -> bool:
         return False
 
 
-def router_identity(endpoint: str, record: dict[str, Any]) -> ownership.Identity:
+def router_identity(endpoint: str, record: dict[str, Any], root: Path | None = None) -> ownership.Identity:
     """Our router: router_server given this endpoint's routes file, started when router.json says."""
-    return ownership.Identity(argv=("localml_tasks.router_server", str(endpoint_dir(endpoint) / ROUTES_FILE)),
+    return ownership.Identity(argv=("localml_tasks.router_server", str(endpoint_dir(endpoint, root) / ROUTES_FILE)),
                               start_ticks=record.get("start_ticks"), boot_id=record.get("boot_id"))
 
 
-def _router_verdict(endpoint: str, record: dict[str, Any] | None) -> tuple[int, str]:
+def _router_verdict(endpoint: str, record: dict[str, Any] | None, root: Path | None = None) -> tuple[int, str]:
     """(its pid, ownership verdict) of the router a router.json names."""
     try:
         pid = int((record or {})["pid"])
     except (KeyError, TypeError, ValueError):
         return 0, ownership.GONE
-    return pid, ownership.verdict(pid, router_identity(endpoint, record or {}))
+    return pid, ownership.verdict(pid, router_identity(endpoint, record or {}, root))
 
 
 def find_router(endpoint: str) -> Router | None:
@@ -159,15 +179,15 @@ def ensure_router(endpoint: str, taken_ports: set[int]) -> tuple[Router, bool]:
                            fix=f"see {folder / ROUTER_LOG}")
 
 
-def stop_router(endpoint: str) -> tuple[int, str] | None:
+def stop_router(endpoint: str, root: Path | None = None) -> tuple[int, str] | None:
     """Remove the routes (the router stops by itself when they go) and end it when it is ours: (its pid,
     ownership.OURS), or (the pid router.json named, FOREIGN or UNKNOWN) when that is a stale file and
-    nothing was signalled; None when no router ran."""
-    folder = endpoint_dir(endpoint)
+    nothing was signalled; None when no router ran. root: another project folder's router (takeover=1)."""
+    folder = endpoint_dir(endpoint, root)
     (folder / ROUTES_FILE).unlink(missing_ok=True)
     record = read_json(folder / ROUTER_FILE)
     (folder / ROUTER_FILE).unlink(missing_ok=True)
-    pid, found = _router_verdict(endpoint, record)
+    pid, found = _router_verdict(endpoint, record, root)
     if found != ownership.OURS:
         return None if found == ownership.GONE else (pid, found)
     try:

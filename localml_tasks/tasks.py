@@ -61,14 +61,17 @@ def _mode(target: Target) -> ServerMode:
 def _runtime() -> tuple[str, bool]:
     """(docker | process, whether it was chosen automatically).
 
-    runtime= wins; else a deployment already running as a process stays one; else Docker when an
-    engine answers, process mode when none does."""
+    runtime= wins; else the runtime the deployment was created in (a Docker deployment stays in Docker
+    when the engine is down: its stages say so, rather than move it); else Docker when an engine
+    answers, process mode when none does."""
     chosen = _var("runtime", "auto").lower()
     if chosen in ("docker", "process"):
         return chosen, False
     target = _target()
-    if target and actions.runs_as_process(target):
-        return "process", False
+    if target:
+        remembered = actions.remembered_runtime(target) or ("process" if actions.runs_as_process(target) else None)
+        if remembered:
+            return remembered, False
     return ("docker", True) if docker_engine.engine_available() else ("process", True)
 
 
@@ -144,7 +147,9 @@ def task_validate() -> Iterator[dict[str, Any]]:
     """Check the deployment and endpoint YAML (overridden by set=, unset=, endpoint_set=, endpoint_unset=)."""
     target = _target()
     if target:
-        yield {"name": target.deployment, "actions": [_guard(actions.validate, target)], "uptodate": [False]}
+        # takeover=1: take the deployment (and the endpoint's router) over from another project folder
+        yield {"name": target.deployment, "actions": [_guard(actions.validate, target, _flag("takeover"))],
+               "uptodate": [False]}
 
 
 def task_environment() -> Iterator[dict[str, Any]]:
@@ -294,7 +299,7 @@ def task_watch() -> dict[str, Any]:
     target = _target()
     if not target:
         return _no_target("watch")
-    return {"actions": [_guard(actions.watch_deployment, target)], "uptodate": [False]}
+    return {"actions": [_guard(actions.watch_deployment, target, _flag("takeover"))], "uptodate": [False]}
 
 
 # --- around a running endpoint ---------------------------------------------------------------
@@ -331,7 +336,7 @@ def task_delete() -> dict[str, Any]:
     target = _target()
     if not target:
         return _no_target("delete")
-    return {"actions": [_guard(actions.delete, target, _flag("images"))], "uptodate": [False]}
+    return {"actions": [_guard(actions.delete, target, _flag("images"), _flag("takeover"))], "uptodate": [False]}
 
 
 def task_endpoints() -> dict[str, Any]:

@@ -237,3 +237,23 @@ def test_failing_run_answers_non_zero_with_the_servers_message_and_the_cause(pro
     result = project.run("invoke", f"request={broken_json}")
     assert result.returncode != 0
     assert "broken.json:1:20: not valid JSON" in result.stderr
+
+
+@pytest.mark.docker
+def test_a_docker_deployment_stays_in_docker_when_the_engine_is_down(project, engine):
+    started = debug(project)
+    assert started.returncode == 0, started.stdout + started.stderr
+    container_id = engine.containers.get(project.container_name()).id
+    down = {"DOCKER_HOST": "tcp://127.0.0.1:1"}  # an engine address where nothing answers
+    refused = project.run("debug", env=down)
+    assert refused.returncode != 0
+    assert "no Docker engine answers at tcp://127.0.0.1:1" in refused.stderr, refused.stderr
+    assert "runtime=process runs the deployment without Docker instead" in refused.stderr
+    assert "process mode" not in refused.stdout and "Traceback" not in refused.stderr  # no silent switch
+    assert not (project.root / ".localml" / "endpoints" / project.endpoint / "blue" / "process.json").exists()
+    # the engine back: the same container, and delete removes it
+    again = project.run("debug")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert engine.containers.get(project.container_name()).id == container_id
+    deleted = project.run("delete")
+    assert deleted.returncode == 0 and f"removed container {project.container_name()}" in deleted.stdout
