@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +32,8 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from sample_copy import copy_sample  # noqa: E402  (bench/, the script's own folder)
 
 from localml_tasks import container as container_stage  # noqa: E402
 from localml_tasks import image as image_stage  # noqa: E402
@@ -133,13 +134,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def prepare(workdir: Path) -> Bench:
     """A copy of the sample whose score.py imports a helper module, so a code edit shows in the answer."""
-    root = workdir / "project"
-    shutil.copytree(REPO / "specs", root)
-    shutil.copy(REPO / "localml.yml", root)
-    endpoint = f"bench-{uuid.uuid4().hex[:6]}"
-    for name, key in (("endpoint.yml", "name"), ("blue-deployment.yml", "endpoint_name")):
-        path = root / name
-        path.write_text(path.read_text().replace(f"{key}: localml-sample", f"{key}: {endpoint}"))
+    root, endpoint = copy_sample(workdir)
     (root / "onlinescoring" / "helper.py").write_text("OFFSET = 0.0\n")
     score = root / "onlinescoring" / "score.py"
     score.write_text(score.read_text()

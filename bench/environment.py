@@ -25,13 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import docker
 import requests
+from sample_copy import copy_sample  # bench/, the script's own folder
 
-REPO = Path(__file__).resolve().parent.parent
 # small packages, one per added-package run: each makes a lock never built before
 ADDED = ["six==1.16.0", "toolz==0.12.1", "tabulate==0.9.0", "attrs==23.2.0", "idna==3.6", "colorama==0.4.6"]
 
@@ -77,13 +76,7 @@ class Bench:
 
 
 def prepare(workdir: Path) -> Bench:
-    root = workdir / "project"
-    shutil.copytree(REPO / "specs", root)
-    shutil.copy(REPO / "localml.yml", root)
-    endpoint = f"bench-{uuid.uuid4().hex[:6]}"
-    for name, key in (("endpoint.yml", "name"), ("blue-deployment.yml", "endpoint_name")):
-        path = root / name
-        path.write_text(path.read_text().replace(f"{key}: localml-sample", f"{key}: {endpoint}"))
+    root, endpoint = copy_sample(workdir)
     return Bench(root, endpoint)
 
 

@@ -216,6 +216,15 @@ def apply(doc: YamlDocument, overrides: list[Override]) -> list[str]:
     return notes
 
 
+def _index_problem(node: Any, index: int, here: str, purpose: str = "") -> str | None:
+    """Why node[index] cannot be reached, if it cannot (here: the path to node; purpose: e.g. " to remove")."""
+    if not isinstance(node, list):
+        return f"{here} is {_describe(node)}, not a list: [{index}] cannot index it"
+    if index >= len(node):
+        return f"{here} has {len(node)} items: there is no [{index}]{purpose}"
+    return None
+
+
 def _remove(data: Any, path: KeyPath) -> str | None:
     """Delete data[path]; else say why not (a key that is not there is a mistake worth naming)."""
     node = data
@@ -223,10 +232,9 @@ def _remove(data: Any, path: KeyPath) -> str | None:
         last = depth == len(path) - 1
         here = dotted(path[:depth]) or "the top level"
         if isinstance(part, int):
-            if not isinstance(node, list):
-                return f"{here} is {_describe(node)}, not a list: [{part}] cannot index it"
-            if part >= len(node):
-                return f"{here} has {len(node)} items: there is no [{part}] to remove"
+            problem = _index_problem(node, part, here, " to remove")
+            if problem:
+                return problem
             if last:
                 del node[part]
             else:
@@ -268,10 +276,9 @@ def _assign(data: Any, path: KeyPath, value: Any, notes: list[str] | None = None
         last = depth == len(path) - 1
         here = dotted(path[:depth]) or "the top level"
         if isinstance(part, int):
-            if not isinstance(node, list):
-                return f"{here} is {_describe(node)}, not a list: [{part}] cannot index it"
-            if part >= len(node):
-                return f"{here} has {len(node)} items: there is no [{part}]"
+            problem = _index_problem(node, part, here)
+            if problem:
+                return problem
             if last:
                 node[part] = value
             else:
