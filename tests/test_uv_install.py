@@ -228,3 +228,16 @@ def test_ctrl_c_mid_install_leaves_no_container_or_image_and_the_next_debug_buil
     again = project.run("debug", f"spec={project.spec}", "vscode=0")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "health        healthy" in again.stdout
+
+
+def test_a_host_of_another_kind_gets_uvs_linux_wheel_for_the_image(tmp_path, monkeypatch):
+    """macOS or another architecture cannot hand the image its own uv: the same version's wheel for the
+    image's platform is installed once under .localml/cache/ and runs in a Linux image."""
+    monkeypatch.chdir(tmp_path)
+    image_platform = uv_install.lock_platform()  # this machine's: the wheel must run here to be checked
+    monkeypatch.setattr(uv_install.platform, "machine", lambda: "riscv64")  # the host: another architecture
+    binary = uv_install.image_uv_binary(image_platform)
+    assert binary.is_relative_to(tmp_path / ".localml" / "cache") and binary.name == "uv"
+    host_version = subprocess.run([uv_install.uv_binary(), "--version"], capture_output=True, text=True).stdout
+    assert subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout == host_version
+    assert uv_install.image_uv_binary(image_platform) == binary  # installed once, then reused
