@@ -123,8 +123,13 @@ def date_limits(requirements: list[str],
 def lock_platform() -> str:
     """The platform the image (or this machine, in process mode) runs: this machine's architecture, on a
     glibc of at least 2.28 (Debian bookworm, Ubuntu 22.04 and Azure's current base images are newer)."""
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
-    return f"{machine}-manylinux_2_28"
+    return f"{host_machine()}-manylinux_2_28"
+
+
+def host_machine() -> str:
+    """This machine's architecture in the names wheels use (amd64 is x86_64, arm64 is aarch64)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def uv_binary() -> str:

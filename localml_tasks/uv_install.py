@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -43,7 +42,7 @@ from .image import (
     host_ca_bundle,
     load_plan,
 )
-from .lock import index_url, lock_platform, uv_binary
+from .lock import host_machine, index_url, lock_platform, uv_binary
 from .state import state_root
 
 if TYPE_CHECKING:
@@ -160,8 +159,7 @@ def image_uv_binary(image_platform: str) -> Path:
     """The uv binary the image runs: the host's when the host is Linux on the image's architecture, else
     the same uv version's wheel for the image's platform, installed once under .localml/cache/."""
     machine = image_platform.split("-", 1)[0]
-    host = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
-    if sys.platform.startswith("linux") and host == machine:
+    if sys.platform.startswith("linux") and host_machine() == machine:
         return Path(uv_binary())
     version = subprocess.run([uv_binary(), "--version"], capture_output=True, text=True).stdout.split()[1]
     target = state_root() / "cache" / f"uv-{version}-{image_platform}"

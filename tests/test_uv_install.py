@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -235,7 +236,7 @@ def test_a_host_of_another_kind_gets_uvs_linux_wheel_for_the_image(tmp_path, mon
     image's platform is installed once under .localml/cache/ and runs in a Linux image."""
     monkeypatch.chdir(tmp_path)
     image_platform = uv_install.lock_platform()  # this machine's: the wheel must run here to be checked
-    monkeypatch.setattr(uv_install.platform, "machine", lambda: "riscv64")  # the host: another architecture
+    monkeypatch.setattr(platform, "machine", lambda: "riscv64")  # the host: another architecture
     binary = uv_install.image_uv_binary(image_platform)
     assert binary.is_relative_to(tmp_path / ".localml" / "cache") and binary.name == "uv"
     host_version = subprocess.run([uv_install.uv_binary(), "--version"], capture_output=True, text=True).stdout
