@@ -25,15 +25,12 @@ from typing import Any
 
 from . import docker_engine
 from .config import ALIASES_ENV, CONFIG_FILE_NAME, ProjectConfig
+from .contract import APP_ROOT, BIN_DIR, CONTAINER_PORT, RUNTIME_DIR
 from .errors import LocalmlError
 from .image import (
-    APP_ROOT,
-    BIN_DIR,
     CA_FILE_NAME,
     CONDA_FILE_NAME,
-    CONTAINER_PORT,
     INSTALL_SCRIPT_NAME,
-    RUNTIME_DIR,
     ImagePlan,
     host_ca_bundle,
     image_tag,

@@ -1,13 +1,13 @@
 """Who may touch a deployment: the project folder that created it, and one localml command at a time.
 
-Ownership. A deployment belongs to the project folder that created it: its container carries that
-folder (LABEL_WORKDIR), and an endpoint's router runs from the folder whose .localml/ holds its routes
-file (its command line names it). Process-mode deployments live under the folder's own .localml/, so
-they are per folder already. `claim_deployment` is the one check: another folder's `debug`, `watch`,
-`delete` or container stage of the same endpoint/deployment refuses before it touches anything,
-naming the owner's folder and the ways out; with takeover=1 it removes the other folder's container and
-stops the other folder's router (through endpoint.stop_router, which signals only a router that is
-provably that folder's), and the command goes on to start its own.
+Ownership. A deployment belongs to the project folder that created it: its container carries that folder in a
+label (runtime.container_folder), and an endpoint's router runs from the folder whose .localml/ holds its
+routes file (its command line names it). Process-mode deployments live under the folder's own .localml/, so
+they are per folder already. `claim_deployment` is the one check: another folder's `debug`, `watch`, `delete`
+or container stage of the same endpoint/deployment refuses before it touches anything, naming the owner's
+folder and the ways out; with takeover=1 it removes the other folder's container and stops the other folder's
+router (through endpoint.stop_router, which signals only a router that is provably that folder's), and the
+command goes on to start its own.
 
 Locks. Commands on one deployment are serialised by an fcntl.flock on a file under one machine-wide
 folder (LOCALML_LOCK_DIR, else $XDG_CACHE_HOME/localml/locks, else ~/.cache/localml/locks): the container
@@ -32,22 +32,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from . import docker_engine
 from . import endpoint as endpoint_stage
-from .container import LABEL_WORKDIR, container_name
+from . import runtime
 from .errors import LocalmlError
-
-LOCK_DIR_VARIABLE = "LOCALML_LOCK_DIR"
+from .machine import lock_dir
 
 _held: dict[str, int] = {}  # lock file name -> its descriptor, while this process holds it
-
-
-def lock_dir() -> Path:
-    given = os.environ.get(LOCK_DIR_VARIABLE)
-    if given:
-        return Path(given)
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "localml" / "locks"
 
 
 def _holder(descriptor: int) -> str:
@@ -140,12 +130,10 @@ def _same_folder(a: str | Path, b: Path) -> bool:
 
 def foreign_container(endpoint: str, deployment: str) -> tuple[Any, str] | None:
     """(the container, its folder) when the deployment's container was created by another project folder."""
-    if not docker_engine.engine_available():
-        return None
-    found = docker_engine.get_container(container_name(endpoint, deployment))
+    found = runtime.container_of(endpoint, deployment)
     if found is None:
         return None
-    folder = found.labels.get(LABEL_WORKDIR, "")
+    folder = runtime.container_folder(found)
     if not folder or _same_folder(folder, here()):
         return None  # a container from before the label was written is taken as this folder's
     return found, folder
@@ -188,6 +176,6 @@ def claim_deployment(endpoint: str, deployment: str, takeover: bool, say: Callab
         claim_endpoint(endpoint, False, say)  # both checked before anything is removed
         return
     if found is not None:
-        docker_engine.remove_container(found[0])
+        runtime.remove_container(found[0])
         say(f"takeover=1: removed container {found[0].name} of {found[1]}")
     claim_endpoint(endpoint, True, say)

@@ -20,14 +20,14 @@ from typing import Any
 
 import requests
 
-from . import ownership
-from .container import LOOPBACK, pick_port
+from . import ownership, ports, runtime
+from .contract import FIRST_ENDPOINT_PORT, LOOPBACK
 from .errors import LocalmlError
 from .process_runtime import wait_until_gone
 from .router_server import STATUS_PATH
 from .state import STATE_DIR_NAME, read_json, state_root, write_json_if_changed
+from .target import debug_command
 
-FIRST_ENDPOINT_PORT = 5100
 ROUTES_FILE = "routes.json"
 ROUTER_FILE = "router.json"
 ROUTER_LOG = "router.log"
@@ -88,6 +88,15 @@ def render_routes(endpoint: str, endpoint_data: dict[str, Any],
         },
         "starts": dict(sorted((starts or {}).items())),
     }
+
+
+def routes_now(endpoint: str, endpoint_data: dict[str, Any]) -> dict[str, Any]:
+    """The endpoint's routes to every deployment of it that runs now (runtime.py says which), with endpoint_data's
+    traffic and the command that starts each deployment known here."""
+    described = runtime.describe_endpoint(endpoint)
+    running = {d["name"]: d["routes"]["scoring"] for d in described if runtime.is_running(d)}
+    starts = {d["name"]: debug_command(d["spec"], endpoint, d["name"]) for d in described if d.get("spec")}
+    return render_routes(endpoint, endpoint_data, running, starts=starts)
 
 
 def describe_traffic(routes: dict[str, Any]) -> str:
@@ -159,7 +168,7 @@ def ensure_router(endpoint: str, taken_ports: set[int]) -> tuple[Router, bool]:
         return running, False
     folder = endpoint_dir(endpoint)
     previous = read_json(folder / ROUTER_FILE) or {}
-    port = pick_port(int(previous.get("port", FIRST_ENDPOINT_PORT)), taken_ports)
+    port = ports.pick(int(previous.get("port", FIRST_ENDPOINT_PORT)), taken_ports)
     with open(folder / ROUTER_LOG, "a", encoding="utf-8") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "localml_tasks.router_server", str(folder / ROUTES_FILE), str(port)],

@@ -231,3 +231,18 @@ def check_liveness(url: str, probe: Any) -> None:
     raise LocalmlError.one(f"the liveness probe failed at {url}: {problem} ({describe_probe('liveness_probe', probe)})",
                            fix="the liveness route must answer 200 within liveness_probe.timeout; "
                                "Azure restarts containers that fail it")
+
+
+RELOAD_FIX = ("fix it and save again: the server stays up (answering 503 with this error until then) and reloads "
+              "in place, the debugger still attached")
+
+
+def script_failure(load: Any, conda_file: str | None, what: str = "") -> LocalmlError:
+    """The error for a scoring script that failed to load (a server.LoadOutcome): where in the user's code,
+    and the traceback; an environment problem (numpy's binary interface) gets the environment's fix."""
+    where = f" in {load.function}()" if load.function else ""
+    trace = "\n    ".join(load.traceback.rstrip().splitlines())
+    because = f" ({what})" if what else ""
+    fix = environment_fix(load.traceback, conda_file) or RELOAD_FIX
+    return LocalmlError([Problem(f"the scoring script failed to load{because}{where}: {load.message}\n    {trace}",
+                                 file=load.file, line=load.line, fix=fix)])

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import docker_engine
 from .config import ALIASES_ENV, CONFIG_FILE_NAME
+from .contract import APP_ROOT, BIN_DIR, CONTAINER_PORT, RUNTIME_DIR
 from .environment import ResolvedEnvironment, requirement_line, resolve_environment
 from .errors import LocalmlError, Problem
 from .lock import Lock, lock_environment, lock_platform, managed_python
@@ -30,11 +31,6 @@ from .state import read_json, state_root, write_if_changed, write_json_if_change
 
 IMAGE_REPOSITORY = "localml/env"
 ENV_PREFIX = "/opt/azureml-env"
-APP_ROOT = "/var/azureml-app"
-CONTAINER_PORT = 5001
-LOCALML_DIR = "/var/localml"  # ours inside the container: bin/ (supervisor, debug server), runtime/ (shared state)
-BIN_DIR = f"{LOCALML_DIR}/bin"
-RUNTIME_DIR = f"{LOCALML_DIR}/runtime"
 CA_FILE_NAME = "localml-ca.crt"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "FTP_PROXY", "ALL_PROXY")
 CA_BUNDLE_CANDIDATES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
@@ -485,3 +481,15 @@ def build_image(build_dir: Path, *, progress: Callable[[str], None] | None = Non
     if image_id is None:
         raise failure(lines, "the build produced no image")
     return image_id, time.monotonic() - started
+
+
+def remove_images(image_tag: str, build_dir: Path) -> list[str]:
+    """Remove the deployment's image and, for environment.build, the user's image built below it; lines saying
+    what went."""
+    plan = load_plan(build_dir)
+    said = []
+    if docker_engine.remove_image(image_tag):
+        said.append(f"removed image {image_tag}")
+    if plan is not None and plan.tag == image_tag and plan.user_tag and docker_engine.remove_image(plan.user_tag):
+        said.append(f"removed image {plan.user_tag} (built from your Dockerfile)")
+    return said

@@ -1,17 +1,14 @@
-"""Show, logs, delete and list: what users expect around a running local endpoint.
+"""The true state of a deployment and its endpoint, as show and endpoints report it (Azure's provisioning states).
 
-What runs is read from the containers' labels, so it works for any local endpoint on the
-machine, not only those started from this folder. Its state is what answers: a quick GET of the
-server's liveness route, the supervisor's status file and the last load of the scoring script
-(server.read_status, server.read_load), never only "the container exists".
+Its state is what answers: a quick GET of the server's liveness route, the supervisor's status file and the last
+load of the scoring script (server.read_status, server.read_load), never only "the container exists". What runs,
+and its labels and records, come from runtime.py.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,24 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from . import docker_engine, server
-from .container import (
-    LABEL_CONFIG_HASH,
-    LABEL_CUSTOM,
-    LABEL_DEBUG_PORT,
-    LABEL_DEPLOYMENT,
-    LABEL_DEPLOYMENT_DATA,
-    LABEL_ENDPOINT,
-    LABEL_LOCAL_ENDPOINT,
-    LABEL_ROUTES,
-    LABEL_SCORING_PORT,
-    LABEL_SPEC,
-    LABEL_WORKDIR,
-    LOOPBACK,
-    inference_server_routes,
-)
+from . import server
+from .contract import LOOPBACK, RUNTIME_DIR
 from .health import FAILED_HEADER
-from .image import RUNTIME_DIR
 from .spec import Probe
 
 if TYPE_CHECKING:
@@ -152,7 +134,7 @@ def container_state(container: Container, routes: dict[str, Any], probe: dict[st
         return State("Failed", f"the container is not running: {how}")
     liveness = routes["liveness"]
     address = f"{LOOPBACK}:{liveness['port']}"
-    answer = ask(_uri(liveness))
+    answer = ask(route_uri(liveness))
     deadline_s = readiness_deadline(probe)
     if custom:  # no supervisor of ours: only its own answer, and how long ago the container started
         if answer.kind == "ok":
@@ -202,52 +184,8 @@ def _started_at(container: Container) -> float:
         return 0.0
 
 
-def _uri(route: dict[str, Any]) -> str:
+def route_uri(route: dict[str, Any]) -> str:
     return f"http://{LOOPBACK}:{route['port']}{route['path']}"
-
-
-def describe_deployment(container: Container) -> dict[str, Any]:
-    labels = container.labels
-    port = int(labels.get(LABEL_SCORING_PORT, "0"))
-    data = _json_label(labels.get(LABEL_DEPLOYMENT_DATA))
-    routes = _json_label(labels.get(LABEL_ROUTES)) or inference_server_routes(port)
-    custom = labels.get(LABEL_CUSTOM) == "1"
-    state = container_state(container, routes, data.get("readiness_probe"), custom)
-    return {
-        "name": labels.get(LABEL_DEPLOYMENT),
-        "endpoint_name": labels.get(LABEL_ENDPOINT),
-        "type": "local",
-        "location": "local",
-        "runtime": "custom container" if custom else "container",
-        "provisioning_state": state.provisioning_state,
-        "state_reason": state.reason,
-        "scoring_uri": _uri(routes["scoring"]),
-        "readiness_uri": _uri(routes["readiness"]),
-        "liveness_uri": _uri(routes["liveness"]),
-        "routes": routes,
-        "ports": {"scoring": port, "debug": int(labels.get(LABEL_DEBUG_PORT) or 0)},
-        "container": {"name": container.name, "id": container.short_id, "status": container.status,
-                      "image": (container.image.tags or [container.image.short_id])[0] if container.image else None,
-                      "config_hash": labels.get(LABEL_CONFIG_HASH), "workdir": labels.get(LABEL_WORKDIR)},
-        "spec": labels.get(LABEL_SPEC),
-        "instance_type": data.get("instance_type"),
-        "instance_count": data.get("instance_count"),
-        "environment_variables": data.get("environment_variables", {}),
-    }
-
-
-def deployments_of(endpoint: str) -> list[dict[str, Any]]:
-    """The endpoint's deployments that run in containers, described from their labels."""
-    containers = docker_engine.list_containers([LABEL_LOCAL_ENDPOINT, f"{LABEL_ENDPOINT}={endpoint}"])
-    return sorted(_describe_all(containers), key=lambda d: d["name"] or "")
-
-
-def _describe_all(containers: list[Container]) -> list[dict[str, Any]]:
-    """Each described, their servers asked at the same time (a busy one costs HEALTH_TIMEOUT_S, not each)."""
-    if len(containers) < 2:
-        return [describe_deployment(c) for c in containers]
-    with ThreadPoolExecutor(max_workers=min(8, len(containers))) as pool:
-        return list(pool.map(describe_deployment, containers))
 
 
 def render_endpoint(endpoint: str, endpoint_data: dict[str, Any], deployments: list[dict[str, Any]],
@@ -307,16 +245,3 @@ def endpoint_reason(deployments: list[dict[str, Any]]) -> str | None:
                                                                       if d.get("state_reason") else "")
             for d in deployments if d["provisioning_state"] != "Succeeded"]
     return "; ".join(held) or None
-
-
-def list_local_endpoints() -> list[dict[str, Any]]:
-    rows = _describe_all(docker_engine.list_containers([LABEL_LOCAL_ENDPOINT]))
-    return sorted(rows, key=lambda r: (r["endpoint_name"] or "", r["name"] or ""))
-
-
-def _json_label(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}

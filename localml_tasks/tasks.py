@@ -2,7 +2,9 @@
 
     validate -> environment -> image -> container -> server -> devcontainer -> vscode -> health   (doit debug)
                    (process mode: image -> venv, container -> process; runtime=process, or no Docker engine)
-    invoke, show, logs, delete, endpoints                         (around a running endpoint)
+    invoke, show, logs, delete, endpoints, prune                  (around a running endpoint: commands.py)
+
+The deployment is selected once per command (`_target`, `_runtime`), and its spec parsed once (Target.loaded).
 
 Variables come from doit's command line (`doit debug spec=blue-deployment.yml`); the last
 validated spec is remembered in .localml/current.json, so `doit invoke request=...` needs no spec.
@@ -12,23 +14,24 @@ endpoint_set=, endpoint_unset=.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from doit import get_var
 from doit.exceptions import TaskFailed
-from rich.console import Console
-from rich.markup import escape
 
-from . import actions, docker_engine, invoke
-from .actions import ServerMode, Target
+from . import actions, commands, docker_engine, filecheck, invoke
+from .console import error
 from .errors import LocalmlError
 from .overrides import VARIABLES as OVERRIDE_VARIABLES
 from .overrides import Overrides
 from .reporter import LocalmlReporter
+from .runtime import ServerMode
 from .spec import check_names, peek_names
 from .state import STATE_DIR_NAME, current_file, read_json
+from .target import Target
 
 DOIT_CONFIG = {
     "default_tasks": ["debug"],
@@ -36,10 +39,9 @@ DOIT_CONFIG = {
     "backend": "sqlite3",
     "verbosity": 2,
     "reporter": LocalmlReporter,
+    # content hashes, except files too big to read on every command: those by size, mtime and inode
+    "check_file_uptodate": filecheck.ContentOrMetadataChecker,
 }
-
-_errors = Console(stderr=True, highlight=False, soft_wrap=True)
-
 
 def _var(name: str, default: str = "") -> str:
     value = get_var(name, default)
@@ -58,6 +60,10 @@ def _mode(target: Target) -> ServerMode:
                       restart=_flag("restart"))
 
 
+RUNTIMES = ("docker", "process")
+
+
+@functools.cache
 def _runtime() -> tuple[str, bool]:
     """(docker | process, whether it was chosen automatically).
 
@@ -65,16 +71,26 @@ def _runtime() -> tuple[str, bool]:
     when the engine is down: its stages say so, rather than move it); else Docker when an engine
     answers, process mode when none does."""
     chosen = _var("runtime", "auto").lower()
-    if chosen in ("docker", "process"):
+    if chosen in RUNTIMES:
         return chosen, False
+    if chosen != "auto":
+        _refuse_at_load(LocalmlError.one(f"runtime={_var('runtime')} is not a runtime",
+                                         fix="runtime=docker (a container), runtime=process (a venv on this "
+                                             "machine), or leave it out (as the deployment was created)"))
     target = _target()
-    if target:
-        remembered = actions.remembered_runtime(target) or ("process" if actions.runs_as_process(target) else None)
-        if remembered:
-            return remembered, False
+    remembered = actions.remembered_runtime(target) if target else None
+    if remembered:
+        return remembered, False
     return ("docker", True) if docker_engine.engine_available() else ("process", True)
 
 
+def _refuse_at_load(exc: LocalmlError) -> None:
+    """While doit loads the tasks, before any of them runs: the message alone, and exit 1 as for any bad input."""
+    error(exc.render())
+    raise SystemExit(1) from None
+
+
+@functools.cache
 def _target() -> Target | None:
     """The deployment named by spec=... (with its overrides), else the one last used in this folder."""
     spec = _var("spec")
@@ -94,9 +110,7 @@ def _target() -> Target | None:
     try:
         check_names(path, endpoint, deployment, overrides)  # they become folders: refused before any path is built
     except LocalmlError as exc:
-        # while doit loads the tasks, before any of them runs: the message alone, and doit's exit code for that
-        _errors.print(f"[red]{escape(exc.render())}[/]")
-        raise SystemExit(3) from None
+        _refuse_at_load(exc)
     return Target(path, endpoint, deployment, Path(endpoint_yaml) if endpoint_yaml else None, overrides)
 
 
@@ -107,12 +121,12 @@ def _guard(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
         try:
             function(*args)
         except LocalmlError as exc:
-            _errors.print(f"[red]{exc.render()}[/]")
+            error(exc.render())
             return TaskFailed(exc.render(), report=False)
         except KeyboardInterrupt:
             # the stage cleaned up on its way out (an install container, a build's stages): say so, briefly
             message = f"interrupted (Ctrl-C) in {function.__name__.replace('_', ' ')}; run the command again to go on"
-            _errors.print(f"[red]{message}[/]")
+            error(message)
             return TaskFailed(message, report=False)
         return None
 
@@ -134,7 +148,7 @@ def _guard_with_changes(function: Callable[..., Any], *args: Any) -> Callable[..
 def _no_target(command: str) -> dict[str, Any]:
     def explain() -> TaskFailed:
         message = f"error: no deployment selected\n  fix: doit {command} spec=path/to/deployment.yml"
-        _errors.print(f"[red]{message}[/]")
+        error(message)
         return TaskFailed(message, report=False)
 
     return {"actions": [explain], "uptodate": [False]}
@@ -149,7 +163,7 @@ def task_validate() -> Iterator[dict[str, Any]]:
     if target:
         # takeover=1: take the deployment (and the endpoint's router) over from another project folder
         yield {"name": target.deployment, "actions": [_guard(actions.validate, target, _flag("takeover"))],
-               "uptodate": [False]}
+               "targets": [target.resolved_file], "uptodate": [False]}
 
 
 def task_environment() -> Iterator[dict[str, Any]]:
@@ -164,6 +178,7 @@ def task_environment() -> Iterator[dict[str, Any]]:
         yield {
             "name": target.deployment,
             "actions": [action],
+            "targets": [target.build_dir / "plan.json" if runtime == "docker" else target.state_dir / "venv-plan.json"],
             "task_dep": [f"validate:{target.deployment}"],
             "uptodate": [False],
         }
@@ -311,8 +326,9 @@ def task_invoke() -> dict[str, Any]:
     if not target:
         return _no_target("invoke request=req.json")
     asked = invoke.Asked(request=_var("request"), form=_var("form"), content_type=_var("content_type"),
-                         header=_var("header"), output=_var("output"), deployment=_var("deployment"))
-    return {"actions": [_guard(actions.invoke_endpoint, target, asked)], "uptodate": [False]}
+                         header=_var("header"), output=_var("output"), deployment=_var("deployment"),
+                         force=_flag("force"))
+    return {"actions": [_guard(commands.invoke_endpoint, target, asked)], "uptodate": [False]}
 
 
 def task_show() -> dict[str, Any]:
@@ -320,7 +336,7 @@ def task_show() -> dict[str, Any]:
     target = _target()
     if not target:
         return _no_target("show")
-    return {"actions": [_guard(actions.show, target)], "uptodate": [False]}
+    return {"actions": [_guard(commands.show, target)], "uptodate": [False]}
 
 
 def task_logs() -> dict[str, Any]:
@@ -328,7 +344,7 @@ def task_logs() -> dict[str, Any]:
     target = _target()
     if not target:
         return _no_target("logs")
-    return {"actions": [_guard(actions.logs, target, _var("tail", "100"), _flag("follow"))], "uptodate": [False]}
+    return {"actions": [_guard(commands.logs, target, _var("tail", "100"), _flag("follow"))], "uptodate": [False]}
 
 
 def task_delete() -> dict[str, Any]:
@@ -336,14 +352,14 @@ def task_delete() -> dict[str, Any]:
     target = _target()
     if not target:
         return _no_target("delete")
-    return {"actions": [_guard(actions.delete, target, _flag("images"), _flag("takeover"))], "uptodate": [False]}
+    return {"actions": [_guard(commands.delete, target, _flag("images"), _flag("takeover"))], "uptodate": [False]}
 
 
 def task_endpoints() -> dict[str, Any]:
     """List every local endpoint (its address and traffic) and deployment on this machine, and localml's disk use."""
-    return {"actions": [_guard(actions.list_endpoints)], "uptodate": [False]}
+    return {"actions": [_guard(commands.list_endpoints)], "uptodate": [False]}
 
 
 def task_prune() -> dict[str, Any]:
     """Remove localml's images that no container uses; cache=1 empties the download cache too."""
-    return {"actions": [_guard(actions.prune, _flag("cache"))], "uptodate": [False]}
+    return {"actions": [_guard(commands.prune, _flag("cache"))], "uptodate": [False]}

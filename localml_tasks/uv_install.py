@@ -29,15 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import docker_engine
+from .contract import APP_ROOT, BIN_DIR, CONTAINER_PORT, RUNTIME_DIR
 from .environment import requirement_line
 from .errors import LocalmlError
 from .image import (
-    APP_ROOT,
-    BIN_DIR,
-    CONTAINER_PORT,
     ENV_PREFIX,
     PROXY_VARIABLES,
-    RUNTIME_DIR,
     ImagePlan,
     host_ca_bundle,
     load_plan,

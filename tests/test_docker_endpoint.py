@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 
 import joblib
 import numpy as np
@@ -257,3 +261,45 @@ def test_a_docker_deployment_stays_in_docker_when_the_engine_is_down(project, en
     assert engine.containers.get(project.container_name()).id == container_id
     deleted = project.run("delete")
     assert deleted.returncode == 0 and f"removed container {project.container_name()}" in deleted.stdout
+
+
+def _debug_interrupted_after(project: Project, stage_line: str) -> str:
+    """`doit debug`, and Ctrl-C as soon as a line starting with stage_line is printed; everything it printed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "localml_tasks", "debug", f"spec={project.spec}", "vscode=0"],
+        cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(stage_line):
+            break
+    else:
+        raise AssertionError(f"no {stage_line!r} line:\n" + "".join(seen))
+    process.send_signal(signal.SIGINT)
+    seen.append(process.communicate(timeout=120)[0])
+    said = "".join(seen)
+    assert "Traceback" not in said, said
+    return said
+
+
+@pytest.mark.docker
+def test_ctrl_c_during_debug_leaves_the_container_and_the_next_debug_keeps_it(project, engine):
+    """Ctrl-C just after the container started (doit recorded nothing for it), and Ctrl-C early in a debug of a
+    healthy deployment: each time the next `debug` finds the same container healthy and recreates nothing."""
+    said = _debug_interrupted_after(project, "container     created")
+    container_id = engine.containers.get(project.container_name()).id
+    again = debug(project, "vscode=0")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "recreated" not in again.stdout and "restarted" not in again.stdout, said + again.stdout
+    assert f"up to date: {project.container_name()} runs with this configuration" in again.stdout
+    assert engine.containers.get(project.container_name()).id == container_id
+    assert "health        " in again.stdout
+
+    _debug_interrupted_after(project, "validate")
+    third = debug(project, "vscode=0")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "recreated" not in third.stdout and "restarted" not in third.stdout, third.stdout
+    assert engine.containers.get(project.container_name()).id == container_id
+    assert "health        ready" in third.stdout

@@ -20,10 +20,11 @@ import pytest
 from conftest import REPO, Project, remove_containers, sample_copy
 from sklearn.linear_model import Ridge
 
-from localml_tasks.actions import Target, watched_files
+from localml_tasks.actions import watched_files
 from localml_tasks.errors import LocalmlError
 from localml_tasks.overrides import Override, Overrides, apply, parse_set, yaml_scalar
 from localml_tasks.spec import load_deployment, peek_names
+from localml_tasks.target import Target
 from localml_tasks.yamlsource import load_yaml
 
 REQUEST = REPO / "specs" / "sample-request.json"
