@@ -11,47 +11,51 @@ import hashlib
 import json
 import posixpath
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import docker_engine
+from . import docker_engine, ports
+from .contract import (
+    APP_ROOT,
+    BIN_DIR,
+    CONTAINER_PORT,
+    DEBUG_CONTAINER_PORT,
+    FIRST_DEBUG_PORT,
+    FIRST_SCORING_PORT,
+    LABEL_AZUREML_PORT,
+    LABEL_CODE_DIR,
+    LABEL_CODE_TARGET,
+    LABEL_CONFIG_HASH,
+    LABEL_CUSTOM,
+    LABEL_DEBUG_PORT,
+    LABEL_DEPLOYMENT,
+    LABEL_DEPLOYMENT_DATA,
+    LABEL_DEVCONTAINER_CONFIG,
+    LABEL_DEVCONTAINER_FOLDER,
+    LABEL_ENDPOINT,
+    LABEL_ENDPOINT_DATA,
+    LABEL_GPU,
+    LABEL_HOST_PORTS,
+    LABEL_LOCAL_ENDPOINT,
+    LABEL_ROUTES,
+    LABEL_SCORING_PORT,
+    LABEL_SPEC,
+    LABEL_WORKDIR,
+    LOOPBACK,
+    MODELS_ROOT,
+    NETWORK,
+    RUNTIME_DIR,
+    container_name,
+    inference_server_routes,
+)
 from .errors import LocalmlError
-from .image import APP_ROOT, BIN_DIR, CONTAINER_PORT, RUNTIME_DIR
 from .server import debug_server_command
 from .spec import Deployment
 
 IN_CONTAINER = Path(__file__).resolve().parent / "in_container"  # mounted read-only at BIN_DIR
 SUPERVISOR = IN_CONTAINER / "supervisor.py"
-DEBUG_CONTAINER_PORT = 5678
-FIRST_SCORING_PORT = 5001
-FIRST_DEBUG_PORT = 5678
-LOOPBACK = "127.0.0.1"
-
-# Azure's own labels (so `az ml ... --local` tooling can see our containers)
-LABEL_LOCAL_ENDPOINT = "azureml-local-endpoint"
-LABEL_ENDPOINT = "endpoint"
-LABEL_DEPLOYMENT = "deployment"
-LABEL_ENDPOINT_DATA = "endpoint-data"
-LABEL_DEPLOYMENT_DATA = "deployment-data"
-LABEL_AZUREML_PORT = "azureml-port"
-# ours
-LABEL_CONFIG_HASH = "localml.config-hash"
-LABEL_SCORING_PORT = "localml.scoring-port"
-LABEL_DEBUG_PORT = "localml.debug-port"
-LABEL_SPEC = "localml.spec"
-LABEL_WORKDIR = "localml.workdir"
-LABEL_CODE_DIR = "localml.code-dir"
-LABEL_CODE_TARGET = "localml.code-target"
-LABEL_HOST_PORTS = "localml.host-ports"  # JSON {role: host port}
-LABEL_ROUTES = "localml.routes"  # JSON {scoring|readiness|liveness: {path, port (on the host)}}
-LABEL_GPU = "localml.gpu"  # "1": every GPU was requested (gpu=1)
-LABEL_CUSTOM = "localml.custom-container"  # "1": the image serves itself (environment.inference_config)
-# the dev containers spec's labels: VS Code and @devcontainers/cli find (and reuse) a container by them
-LABEL_DEVCONTAINER_FOLDER = "devcontainer.local_folder"
-LABEL_DEVCONTAINER_CONFIG = "devcontainer.config_file"
 
 
 @dataclass
@@ -73,10 +77,8 @@ class ContainerSpec:
     custom: bool = False
     # resources.limits as Docker's create arguments: mem_limit, memswap_limit (no swap, as in Kubernetes), nano_cpus
     limits: dict[str, int] = field(default_factory=dict)
+    network: str = NETWORK  # contract.NETWORK: no other container reaches the server or debugpy
 
-
-def container_name(endpoint: str, deployment: str) -> str:
-    return f"localml-{endpoint}-{deployment}"
 
 
 def code_mount(deployment: Deployment) -> str:
@@ -87,7 +89,7 @@ def code_mount(deployment: Deployment) -> str:
 def model_dir_in_container(deployment: Deployment) -> str:
     # Azure mounts the parent of model.path here, so $AZUREML_MODEL_DIR/<basename of model.path> works;
     # model_mount_path moves the root of that layout (<root>/<name>/<version>/<basename>)
-    root = deployment.model_mount_path or posixpath.join(APP_ROOT, "azureml-models")
+    root = deployment.model_mount_path or MODELS_ROOT
     return posixpath.join(root, deployment.model_name, deployment.model_version)
 
 
@@ -121,11 +123,6 @@ def _code_and_model_mounts(deployment: Deployment) -> list[dict[str, Any]]:
         })
     return mounts
 
-
-def inference_server_routes(port: int) -> dict[str, dict[str, Any]]:
-    """azmlinfsrv's routes, fixed as in Azure: POST /score, and GET / for liveness and readiness."""
-    return {"scoring": {"path": "/score", "port": port}, "readiness": {"path": "/", "port": port},
-            "liveness": {"path": "/", "port": port}}
 
 
 def server_command(deployment: Deployment, debugger: bool, wait: bool) -> dict[str, Any]:
@@ -192,7 +189,7 @@ def render_container(
     # a new supervisor (a localml upgrade) needs a new container
     config_hash = _config_hash(image=image_tag, image_id=image_id, command=command, env=environment, mounts=mounts,
                                labels=labels, gpu=gpu, supervisor=hashlib.sha256(SUPERVISOR.read_bytes()).hexdigest(),
-                               **({"limits": limits} if limits else {}))
+                               network=NETWORK, **({"limits": limits} if limits else {}))
     return ContainerSpec(
         name=container_name(deployment.endpoint_name, deployment.deployment_name),
         image=image_tag, command=command, environment=environment, mounts=mounts,
@@ -219,7 +216,7 @@ def render_custom_container(deployment: Deployment, image_tag: str, image_id: st
     labels = {**_labels(deployment, devcontainer_folder, gpu), LABEL_CODE_TARGET: code_target, LABEL_CUSTOM: "1"}
     limits = resource_limits(deployment)
     config_hash = _config_hash(image=image_tag, image_id=image_id, env=environment, mounts=mounts, labels=labels,
-                               routes=routes, gpu=gpu, **({"limits": limits} if limits else {}))
+                               routes=routes, gpu=gpu, network=NETWORK, **({"limits": limits} if limits else {}))
     return ContainerSpec(
         name=container_name(deployment.endpoint_name, deployment.deployment_name),
         image=image_tag, command=[], environment=environment, mounts=mounts, labels=labels,
@@ -258,27 +255,6 @@ def check_gpu() -> list[str]:
     return gpus
 
 
-def _port_is_free(port: int, taken: set[int]) -> bool:
-    if port in taken:
-        return False
-    # SO_REUSEADDR as servers set it: a port in TIME_WAIT after our own requests is free
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port(first: int, taken: set[int]) -> int:
-    for port in range(first, first + 200):
-        if _port_is_free(port, taken):
-            return port
-    raise LocalmlError.one(f"no free port on {LOOPBACK} between {first} and {first + 199}",
-                           fix="stop what is listening there, or delete old local endpoints (doit delete)")
-
-
 def host_routes(spec: ContainerSpec, host_ports: dict[str, int]) -> dict[str, dict[str, Any]]:
     """The routes as reached from this machine: {role: {path, port on 127.0.0.1}}."""
     by_container_port = {spec.container_ports[role]: port for role, port in host_ports.items()}
@@ -308,7 +284,7 @@ def start(spec: ContainerSpec) -> tuple[Any, dict[str, int], str]:
     for _ in range(5):  # another process may grab a port between our probe and Docker's bind
         host_ports: dict[str, int] = {}
         for role, port in preferred.items():
-            host_ports[role] = pick_port(port, taken | set(host_ports.values()))
+            host_ports[role] = ports.pick(port, taken | set(host_ports.values()))
         routes = host_routes(spec, host_ports)
         labels = {**spec.labels, LABEL_CONFIG_HASH: spec.config_hash, LABEL_AZUREML_PORT: str(host_ports["scoring"]),
                   LABEL_SCORING_PORT: str(host_ports["scoring"]), LABEL_DEBUG_PORT: str(host_ports.get("debug", 0)),
@@ -316,7 +292,7 @@ def start(spec: ContainerSpec) -> tuple[Any, dict[str, int], str]:
         try:
             container = docker_engine.create_container(
                 image=spec.image, name=spec.name, command=spec.command or None, environment=spec.environment,
-                labels=labels, detach=True, gpu=spec.gpu,
+                labels=labels, detach=True, gpu=spec.gpu, network=spec.network,
                 ports={f"{spec.container_ports[role]}/tcp": (LOOPBACK, port) for role, port in host_ports.items()},
                 binds=spec.mounts, **spec.limits,
             )

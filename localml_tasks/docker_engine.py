@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from .contract import NETWORK, NETWORK_OPTIONS
 from .errors import LocalmlError
 
 if TYPE_CHECKING:
@@ -196,12 +197,30 @@ def gpu_device_requests() -> list[Any]:
     return [_docker().types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
 
 
+def ensure_network(name: str, options: dict[str, str]) -> None:
+    """A bridge network of this name, created with these driver options when it does not exist yet."""
+    errors = _docker().errors
+    try:
+        client().networks.get(name)
+        return
+    except errors.NotFound:
+        pass
+    try:
+        client().networks.create(name, driver="bridge", options=options, labels={"localml": "1"})
+    except errors.APIError as exc:
+        if getattr(exc, "status_code", None) != 409:  # 409: another command created it at the same moment
+            raise LocalmlError.one(f"Docker could not create the network {name}: {_short(exc)}") from None
+
+
 def create_container(binds: list[dict[str, Any]], gpu: bool = False, **kwargs: Any) -> Container:
-    """binds: [{source, target, read_only}] host folders/files mounted as they are. gpu: request every GPU."""
+    """binds: [{source, target, read_only}] host folders/files mounted as they are. gpu: request every GPU.
+    network: contract.NETWORK (created on first use)."""
     mounts = [_docker().types.Mount(target=b["target"], source=b["source"], type="bind", read_only=b["read_only"])
               for b in binds]
     if gpu:
         kwargs["device_requests"] = gpu_device_requests()
+    if kwargs.get("network") == NETWORK:
+        ensure_network(NETWORK, NETWORK_OPTIONS)
     container = None
     try:
         container = client().containers.create(mounts=mounts, **kwargs)
