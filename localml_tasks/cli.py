@@ -6,20 +6,52 @@ Its own dep file under .localml/, and no reading of the user's doit config
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sqlite3
 import sys
+from pathlib import Path
 
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
 from . import tasks
-from .state import state_root
+from .errors import _display_path
+from .state import STATE_DIR_NAME, state_root
 
 
 def main(argv: list[str] | None = None) -> int:
-    state_root().mkdir(exist_ok=True)
+    try:
+        state_root().mkdir(exist_ok=True)
+    except OSError as exc:
+        what = "a file is in its place" if isinstance(exc, FileExistsError) else exc.strerror
+        print(f"error: {STATE_DIR_NAME}: cannot make localml's state folder here: {what}\n"
+              f"  fix: move {STATE_DIR_NAME} away (localml keeps its state in that folder), or run localml in a "
+              "folder where it can write", file=sys.stderr)
+        return 1
+    _set_aside_corrupt_dep_file(Path(tasks.DOIT_CONFIG["dep_file"]))
     loader = ModuleTaskLoader(tasks)
     runner = DoitMain(loader, config_filenames=(), extra_config={"GLOBAL": dict(tasks.DOIT_CONFIG)})
     return runner.run(sys.argv[1:] if argv is None else argv)
+
+
+
+def _set_aside_corrupt_dep_file(path: Path) -> None:
+    """doit stops with a traceback on a dep file that is no SQLite database: keep it beside (renamed), and
+    start a new one (every stage then checks its inputs once more)."""
+    if not path.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            db.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        return  # busy (another command writes it) or unreadable: doit itself says what it finds
+    except sqlite3.DatabaseError as exc:
+        kept = path.with_name(path.name + ".corrupt")
+        with contextlib.suppress(OSError):
+            os.replace(path, kept)
+            print(f"warning: ignored the corrupt state file {_display_path(str(path))} ({exc}): localml rebuilds "
+                  f"it (kept as {_display_path(str(kept))})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -98,21 +98,25 @@ def resolve_environment(conda_file: Path, declared_image: str, base_image: str, 
         if isinstance(item, dict):
             pip_list = item.get("pip")
             if set(item) != {"pip"} or not isinstance(pip_list, list):
-                problems.append(Problem("only a 'pip:' list may appear as a mapping here", **where))
+                problems.append(Problem("only a 'pip:' list may appear as a mapping here", **where,
+                                        fix="write `- pip: [package==version, ...]`, or the package as a string"))
                 continue
             for pip_index, req in enumerate(pip_list):
                 if not isinstance(req, str) or not req.strip():
                     problems.append(Problem("expected a pip requirement string",
-                                            **doc.where(("dependencies", index, "pip", pip_index))))
+                                            **doc.where(("dependencies", index, "pip", pip_index)),
+                                            fix="write it as pip would read it: package==version"))
                 else:
                     pip_reqs.append(req.strip())
             continue
         if not isinstance(item, str):
-            problems.append(Problem(f"expected a package spec string, found {item!r}", **where))
+            problems.append(Problem(f"expected a package spec string, found {item!r}", **where,
+                                    fix="write it as conda reads it: package=version"))
             continue
         match = _CONDA_SPEC.match(item)
         if not match:
-            problems.append(Problem(f"cannot read conda package spec '{item}'", **where))
+            problems.append(Problem(f"cannot read conda package spec '{item}'", **where,
+                                    fix="write it as conda reads it: package=version"))
             continue
         name, rest = match["name"].lower(), match["rest"].strip()
         if name == "python":

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import LocalmlError, Problem
-from .yamlsource import KeyPath, YamlDocument, dotted
+from .yamlsource import KeyPath, YamlDocument, dotted, safe_load
 
 # the command-line variables, in the order their overrides apply: removals first, then set=, then the named
 # ones, which win over set= as in the CLI (endpoint_name= renames the endpoint too)
@@ -185,8 +185,8 @@ def yaml_scalar(raw: str) -> Any:
     """The value as YAML reads a scalar: `3` -> 3, `true` -> True, `` -> None; anything else stays the text
     (a mapping, a list or a date would surprise more than it helps, and a date is not JSON)."""
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
+        value = safe_load(raw)
+    except (yaml.YAMLError, LocalmlError, ValueError, TypeError, RecursionError):  # 2001-13-45, !!int x, [[[...
         return raw
     return value if value is None or isinstance(value, str | int | float | bool) else raw
 

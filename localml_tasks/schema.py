@@ -11,6 +11,7 @@ such values in place first, so validation and every later stage see Azure's cano
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import re
@@ -219,6 +220,8 @@ def _describe(value: Any) -> str:
         return "a list"
     if isinstance(value, int | float):
         return f"the number {value}"
+    if isinstance(value, datetime.date):  # YAML reads 2024-01-31 as a date: quoted, it stays text
+        return f"the date {value.isoformat()} (quote it to keep it as text)"
     return f"the string {value!r}"
 
 

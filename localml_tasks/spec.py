@@ -10,23 +10,32 @@ with one note the validate stage prints (Deployment.notes).
 from __future__ import annotations
 
 import ast
+import io
 import os
 import re
+import time
+import tokenize
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from . import filecheck, quantities, schema
 from . import overrides as overrides_stage
-from . import quantities, schema
 from .environment import resolve_environment
 from .errors import LocalmlError, Problem
 from .overrides import DEPLOYMENT, ENDPOINT, Override
-from .yamlsource import YamlDocument, dotted, load_yaml
+from .server import SKIPPED_DIRS
+from .yamlsource import YamlDocument, dotted, load_yaml, peek_yaml
 
 ENDPOINT_FILE_NAMES = ("endpoint.yml", "endpoint.yaml")
+# never a code folder, a model or a build context (each also as it resolves: /bin -> /usr/bin); the file
+# system's root, the home folder and every folder above it are refused too (system_folder)
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
+                  "/opt", "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys", "/tmp", "/usr", "/usr/bin",
+                  "/usr/lib", "/usr/local", "/usr/sbin", "/usr/share", "/var", "/var/lib", "/var/log", "/var/tmp",
+                  "/Applications", "/Library", "/System", "/Users", "/Volumes", "/private", "/private/etc",
+                  "/private/tmp", "/private/var")
 
 
 @dataclass
@@ -76,10 +85,18 @@ class Deployment:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
-        data = dict(data)
-        data["readiness_probe"] = Probe(**data.get("readiness_probe", {}))
-        data["liveness_probe"] = Probe(**data.get("liveness_probe", {}))
-        return cls(**data)
+        """The record the validate stage wrote (deployment.json). Keys it does not know (an older localml's)
+        are left out; a record that lacks one, or is no record, is refused with what to run."""
+        known = {item.name for item in fields(cls)}
+        try:
+            data = {key: value for key, value in data.items() if key in known}
+            data["readiness_probe"] = Probe(**data.get("readiness_probe", {}))
+            data["liveness_probe"] = Probe(**data.get("liveness_probe", {}))
+            return cls(**data)
+        except (TypeError, AttributeError) as exc:
+            raise LocalmlError.one(f"the deployment's validated record (deployment.json) is incomplete: {exc}",
+                                   fix="run doit validate (or doit debug) with spec=... again: it writes the "
+                                       "record anew") from None
 
 
 def peek_names(spec_path: Path, overrides: Sequence[Override] = ()) -> tuple[str, str]:
@@ -136,7 +153,7 @@ def _where_named(spec_path: Path, kind: str) -> tuple[str, int | None]:
         candidates += [(spec_path.parent / name, "name") for name in ENDPOINT_FILE_NAMES]
     for path, wanted in candidates:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
         except (OSError, UnicodeDecodeError):
             continue
         for number, text in enumerate(lines, start=1):
@@ -145,12 +162,17 @@ def _where_named(spec_path: Path, kind: str) -> tuple[str, int | None]:
     return str(spec_path), None
 
 
+# what a quick look at a YAML file may raise (LocalmlError, yaml.YAMLError, ValueError for 2001-13-45, the
+# AttributeError of `!!timestamp x`...): the look is best-effort, validation reports the file's problems with lines
+_UNREADABLE = Exception
+
+
 def _peek_file_names(spec_path: Path) -> tuple[str, str, bool]:
     """(endpoint, deployment, whether the deployment YAML names its endpoint itself)."""
     fallback = spec_path.stem.removesuffix("-deployment") or "deployment"
     try:
-        data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        data = peek_yaml(spec_path)
+    except _UNREADABLE:
         return "endpoint", fallback, False
     if not isinstance(data, dict):
         return "endpoint", fallback, False
@@ -166,8 +188,8 @@ def _endpoint_name_beside(spec_path: Path) -> str | None:
         path = spec_path.parent / candidate
         if path.exists():
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                data = peek_yaml(path)
+            except _UNREADABLE:
                 return None
             if isinstance(data, dict) and isinstance(data.get("name"), str):
                 return data["name"]
@@ -227,6 +249,7 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None,
     memory_limit, cpu_limit = checker.resources()
     checker.traffic(endpoint_doc)
     notes += checker.local_effects(endpoint_doc)
+    notes += checker.path_notes  # a code folder or model too large to hash
 
     # the schema's word on a key wins; the semantic checks add what it cannot know (files, code)
     reported = _keys_named(schema_problems)
@@ -334,6 +357,60 @@ DOCKER_MIN_MEMORY = 6 * 1024 * 1024  # Docker refuses a smaller memory limit
 DOCKER_MIN_CPU = 0.01  # the smallest CPU share Docker applies (--cpus)
 
 
+MODEL_FIX = "point model.path at your model file or the folder holding it, e.g. path: ./model"
+
+
+def system_folder(path: Path) -> str | None:
+    """Why a resolved path must not be a code folder, model or build context (None: it may be one)."""
+    if path == Path(path.anchor):
+        return "the root of the file system"
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):  # no home folder known
+        home = None
+    if home is not None and path == home:
+        return f"your home folder ({home})"
+    if any(path in (Path(folder), Path(folder).resolve()) for folder in SYSTEM_FOLDERS) \
+            or re.fullmatch(r"/mnt/[a-z]", path.as_posix()):  # WSL: a whole Windows drive
+        return "a system folder"
+    if home is not None and home.is_relative_to(path):
+        return f"a folder above your home folder ({home})"
+    return None
+
+
+def read_python_source(script: Path) -> str:
+    """A Python file's text, decoded as Python decodes it (PEP 263: a `# -*- coding: latin-1 -*-` line, a
+    UTF-8 BOM, else UTF-8). Raises LocalmlError at the line that cannot be read."""
+    encoding_fix = "save it as UTF-8, or name its encoding on its first line: # -*- coding: latin-1 -*-"
+    try:
+        data = script.read_bytes()
+    except OSError as exc:
+        raise LocalmlError.one(f"cannot read the scoring script: {exc.strerror or exc}", file=str(script),
+                               fix="check the file and its permissions") from None
+    if b"\0" in data:
+        raise LocalmlError.one("the scoring script holds NUL bytes: a binary file, not Python source",
+                               file=str(script), line=data.count(b"\n", 0, data.index(b"\0")) + 1,
+                               fix="scoring_script names the Python file that defines init() and run()")
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except SyntaxError as exc:
+        if not str(exc.msg).startswith("invalid or missing encoding"):  # an encoding Python does not know
+            head = data.split(b"\n", 2)[:2]
+            line = next((number for number, text in enumerate(head, 1) if b"coding" in text), 1)
+            raise LocalmlError.one(f"the scoring script cannot be read: {exc.msg}", file=str(script), line=line,
+                                   fix=encoding_fix) from None
+        encoding = "utf-8"  # a first line that is not UTF-8, and no encoding named: the decoding says where
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        name = "UTF-8" if encoding in ("utf-8", "utf-8-sig") else encoding
+        raise LocalmlError.one(
+            f"the scoring script is not {name} text: the byte 0x{data[exc.start]:02x} cannot be read",
+            file=str(script), line=line, column=column, fix=encoding_fix) from None
+
+
 def _kind(value: Any) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
         type(value), type(value).__name__
@@ -353,6 +430,7 @@ class _Checker:
         self.inference_config: dict[str, Any] | None = None
         self.model_mount_path: str | None = None
         self.limit_notes: list[str] = []  # what resources.limits does here (resources() finds it)
+        self.path_notes: list[str] = []  # code or model files tracked by metadata (watched_folder())
 
     def problem(self, key: tuple, message: str, fix: str | None = None) -> None:
         if message == "missing":
@@ -413,6 +491,34 @@ class _Checker:
             return None
         return path
 
+    def watched_folder(self, key: tuple, path: Path | None, what: str, fix: str) -> Path | None:
+        """A code folder or model (checked by local_path) that localml may mount and watch: not a system folder,
+        at most filecheck.MAX_FILES files; a note when some of its files are too large to hash."""
+        if path is None:
+            return None
+        why = system_folder(path)
+        if why:
+            mounted = "read-write" if what == "code folder" else "read-only"
+            self.problem(key, f"{what} {self._named(key, path)} is {why}: localml would mount it {mounted} into the "
+                              "container and watch every file under it", fix)
+            return None
+        started = time.perf_counter()
+        found = filecheck.survey(path, SKIPPED_DIRS)
+        if found.too_many:
+            self.problem(key, f"{what} {self._named(key, path)} holds more than {filecheck.MAX_FILES:,} files "
+                              f"(counting stopped after {time.perf_counter() - started:.1f} s): localml watches "
+                              "every one of them for changes", fix)
+            return None
+        note = found.note(dotted(key))
+        if note:
+            self.path_notes.append(note)
+        return path
+
+    def _named(self, key: tuple, path: Path) -> str:
+        """The path as written, and where it leads when that is not the same (a symlink, ..)."""
+        given = str(self.get(key))
+        return f"{given!r}" if Path(os.path.normpath(self.base / given)) == path else f"{given!r} (resolved: {path})"
+
     def code_configuration(self) -> tuple[Path | None, str]:
         key = ("code_configuration",)
         if self.get(key) is None:
@@ -422,7 +528,9 @@ class _Checker:
             return None, ""
         if self.mapping(key) is None:
             return None, ""
-        code = self.local_path((*key, "code"), "code folder", directory=True)
+        code = self.watched_folder((*key, "code"), self.local_path((*key, "code"), "code folder", directory=True),
+                                   "code folder", "point code at the folder holding your scoring script "
+                                   "(and the modules it imports), e.g. code: ./onlinescoring")
         if self.get((*key, "code")) is None:
             self.problem((*key, "code"), "missing", "add code: <folder holding the scoring script>")
         script = self.get((*key, "scoring_script"))
@@ -447,11 +555,18 @@ class _Checker:
 
     def _check_script(self, script: Path) -> None:
         try:
-            tree = ast.parse(script.read_text(encoding="utf-8"), filename=str(script))
+            tree = ast.parse(read_python_source(script), filename=str(script))
+        except LocalmlError as exc:
+            self.problems += exc.problems
+            return
         except SyntaxError as exc:
             self.problems.append(Problem(f"syntax error in the scoring script: {exc.msg}",
                                          file=str(script), line=exc.lineno, column=exc.offset,
                                          fix="fix the syntax; nothing was built"))
+            return
+        except (RecursionError, MemoryError):
+            self.problems.append(Problem("the scoring script nests too deeply for Python to read", file=str(script),
+                                         fix="split the deeply nested expression; Python could not import it either"))
             return
         defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
         for required in ("init", "run"):
@@ -472,12 +587,13 @@ class _Checker:
                              "file (model: {path: <folder>}) or on the command line: set=model.path=<folder> "
                              "(which keeps the reference's name and version)")
                 return None, "model", "1"
-            path = self.local_path(key, "model path")
+            path = self.watched_folder(key, self.local_path(key, "model path"), "model path", MODEL_FIX)
             return path, (path.name if path else "model"), "1"
         if not isinstance(value, dict):
             self.problem(key, f"expected a path or a mapping, found a {_kind(value)}")
             return None, "model", "1"
-        path = self.local_path((*key, "path"), "model path")
+        path = self.watched_folder((*key, "path"), self.local_path((*key, "path"), "model path"), "model path",
+                                   MODEL_FIX)
         if value.get("path") is None:
             self.problem((*key, "path"), "missing", "add path: <local model file or folder>")
         name = str(value.get("name") or (path.name if path else "model"))
@@ -531,6 +647,11 @@ class _Checker:
     def _build_context(self, build: dict[str, Any]) -> None:
         key = ("environment", "build")
         context = self.local_path((*key, "path"), "build context folder", directory=True)
+        if context is not None and (why := system_folder(context)):
+            self.problem((*key, "path"), f"build context folder {self._named((*key, 'path'), context)} is {why}: "
+                                         "docker build would send every file under it",
+                         "point build.path at the folder holding your Dockerfile and the files it copies")
+            context = None
         dockerfile = build.get("dockerfile_path", "Dockerfile")
         if context is not None and isinstance(dockerfile, str):
             self.build_context, self.dockerfile_path = str(context), dockerfile
