@@ -18,13 +18,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .container import (
+from .container import ContainerSpec
+from .contract import (
     CONTAINER_PORT,
     DEBUG_CONTAINER_PORT,
     LABEL_DEVCONTAINER_CONFIG,
     LABEL_DEVCONTAINER_FOLDER,
     LOOPBACK,
-    ContainerSpec,
 )
 from .errors import LocalmlError
 from .image import ENV_PREFIX
@@ -61,7 +61,17 @@ def fill(template: Any, values: dict[str, Any]) -> Any:
 
 
 def _mount(source: str, target: str, read_only: bool) -> str:
-    return f"source={source},target={target},type=bind" + (",readonly" if read_only else "")
+    """A `docker run --mount` value (what devcontainer.json's workspaceMount and mounts hold). Docker reads it as
+    one CSV record: a field holding a comma or a double quote is quoted, its quotes doubled, as the devcontainer
+    CLI quotes its own default workspace mount (source=/a,b: "source=/a,b")."""
+    fields = [f"source={source}", f"target={target}", "type=bind"] + (["readonly"] if read_only else [])
+    return ",".join(_csv_field(item) for item in fields)
+
+
+def _csv_field(text: str) -> str:
+    if any(char in text for char in ',"\n\r'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def render_launch(debug_host: str, debug_port: int, local_root: str, remote_root: str) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 What is sent, as `az ml online-endpoint invoke` and curl would:
 
 - request=<file>: a `.json` file is checked to be JSON (a clear file:line:column error when it is not);
-  any file is sent as its bytes, with a Content-Type from its extension (content_type= overrides);
+  any file is sent as its bytes, with a Content-Type from its extension (content_type= overrides); a file
+  over IN_MEMORY_LIMIT is streamed from disk as it is sent (with its Content-Length), never held in memory,
+  and one over REQUEST_LIMIT is refused unless force=1 asks for it;
 - form="field=@path name=value": multipart/form-data like `curl -F` (split like a shell line);
 - header="Name: value; Other: value": extra headers.
 
@@ -13,20 +15,24 @@ saves the body byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mimetypes
 import re
 import shlex
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 
 from .errors import LocalmlError, Problem
 from .health import FAILED_HEADER, Cause
+from .quantities import describe_bytes
 from .router_server import DEPLOYMENT_HEADER
 
 OCTET_STREAM = "application/octet-stream"
@@ -42,6 +48,9 @@ _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # an HTTP header name (RFC 9110 token)
 # a ';' starts a new header only when "Name:" follows it, so values such as "text/plain; charset=utf-8" stay whole
 _NEXT_HEADER = re.compile(rf";(?=\s*{_TOKEN}\s*:)")
 _FORM_OPTION = re.compile(r"^(type|filename)=(.+)$")
+REQUEST_LIMIT = 100 * 1024**2  # a larger request (file, or form files together) is sent only with force=1
+IN_MEMORY_LIMIT = 16 * 1024**2  # a larger request file is streamed from disk, and its JSON only sniffed
+_SNIFF_BYTES = 64 * 1024  # how much of each end of a large .json file is looked at
 
 
 @dataclass(frozen=True)
@@ -54,12 +63,19 @@ class Asked:
     header: str = ""
     output: str = ""
     deployment: str = ""
+    force: bool = False  # force=1: send a request over REQUEST_LIMIT
 
 
 @dataclass(frozen=True)
 class Payload:
-    body: bytes
+    body: bytes  # empty when source streams the body from a file
     content_type: str
+    source: Path | None = None  # a large request file, read as it is sent
+    source_size: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.source_size if self.source is not None else len(self.body)
 
 
 @dataclass(frozen=True)
@@ -135,9 +151,9 @@ def prepare(asked: Asked) -> Prepared:
             raise LocalmlError.one("form= sets the Content-Type itself (multipart/form-data with its boundary)",
                                    fix="leave out content_type= and the Content-Type header, or send a file "
                                        "with request=")
-        payload = form_payload(parse_form(asked.form))
+        payload = form_payload(parse_form(asked.form), force=asked.force)
     else:
-        payload = file_payload(Path(asked.request), content_type or None)
+        payload = file_payload(Path(asked.request), content_type or None, force=asked.force)
     if named:
         headers[DEPLOYMENT_HEADER] = named
     return Prepared(payload, headers, named, output)
@@ -160,12 +176,52 @@ def check_content_type(content_type: str) -> None:
                                fix="give type/subtype, e.g. content_type=image/png or content_type=text/csv")
 
 
-def file_payload(path: Path, content_type: str | None) -> Payload:
-    """The file's bytes; a .json file must hold valid JSON (the existing check, with file:line:column)."""
+def file_payload(path: Path, content_type: str | None, *, force: bool = False) -> Payload:
+    """The file's bytes, or (over IN_MEMORY_LIMIT) the file to stream them from; a .json file must hold valid
+    JSON (checked whole, with file:line:column; a streamed one by its two ends). Over REQUEST_LIMIT: only with
+    force."""
+    size = check_file(path, "request file", fix=REQUEST_FIX)
+    check_size(size, "request file", str(path), force)
+    content_type = content_type or content_type_for(path)
+    if size > IN_MEMORY_LIMIT:
+        if path.suffix.lower() == ".json":
+            sniff_json(path)
+        return Payload(b"", content_type, source=path, source_size=size)
     data = read_file(path, "request file", fix=REQUEST_FIX)
     if path.suffix.lower() == ".json":
         check_json(path, data)
-    return Payload(data, content_type or content_type_for(path))
+    return Payload(data, content_type)
+
+
+def check_size(size: int, what: str, file: str | None, force: bool) -> None:
+    """Refuse a request over REQUEST_LIMIT unless force=1 asks for it."""
+    if size > REQUEST_LIMIT and not force:
+        raise LocalmlError.one(f"{what} is {describe_bytes(size)}, over the {describe_bytes(REQUEST_LIMIT)} invoke "
+                               "sends without asking", file=file,
+                               fix="send it anyway with force=1 (it is streamed from the file, not loaded into "
+                                   "memory), or send a smaller request")
+
+
+def sniff_json(path: Path) -> None:
+    """A .json file too large to parse here: its start and end must look like JSON (an object or a list)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(_SNIFF_BYTES)
+            file.seek(max(path.stat().st_size - _SNIFF_BYTES, 0))
+            tail = file.read()
+    except OSError as exc:
+        raise LocalmlError.one(f"request file cannot be read: {exc.strerror or exc}", file=str(path),
+                               fix=REQUEST_FIX) from None
+    start, end = head.lstrip(b" \t\r\n")[:1], tail.rstrip(b" \t\r\n")[-1:]
+    closing = {b"{": b"}", b"[": b"]"}
+    if start not in closing:
+        shown = head.lstrip(b" \t\r\n")[:20]
+        raise LocalmlError.one(f"not valid JSON: it starts with {shown!r}, not {{ or [", file=str(path), line=1,
+                               fix="the request body must be JSON (a file this large is checked only at its ends)")
+    if end != closing[start]:
+        raise LocalmlError.one(f"not valid JSON: it starts with {start.decode()} but ends with {end!r}, not "
+                               f"{closing[start].decode()} (cut short?)", file=str(path),
+                               fix="the request body must be JSON (a file this large is checked only at its ends)")
 
 
 def check_json(path: Path, data: bytes) -> None:
@@ -182,27 +238,43 @@ def check_json(path: Path, data: bytes) -> None:
                                column=exc.colno, fix="the request body must be JSON") from None
 
 
-def read_file(path: Path, what: str, *, fix: str) -> bytes:
-    """A regular file's bytes, or one clear error (missing, a folder, a pipe or device, unreadable)."""
+def check_file(path: Path, what: str, *, fix: str) -> int:
+    """A regular file this process may read: its size, or one clear error (missing, a folder, a pipe or device,
+    unreadable). Nothing is read."""
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except (FileNotFoundError, NotADirectoryError):
         raise LocalmlError.one(f"{what} not found", file=str(path), fix=fix) from None
     except OSError as exc:
         raise LocalmlError.one(f"{what} cannot be read: {exc.strerror or exc}", file=str(path), fix=fix) from None
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(info.st_mode):
         raise LocalmlError.one(f"{what} is a folder, not a file", file=str(path), fix=fix)
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(info.st_mode):
         # reading a pipe or a device could wait forever or never end
-        raise LocalmlError.one(f"{what} is not a regular file ({_kind(mode)})", file=str(path),
+        raise LocalmlError.one(f"{what} is not a regular file ({_kind(info.st_mode)})", file=str(path),
                                fix="save what it holds to a file and pass that")
     try:
-        return path.read_bytes()
-    except PermissionError:
-        raise LocalmlError.one(f"{what} cannot be read: permission denied", file=str(path),
-                               fix=f"make it readable (chmod u+r {path}) or pass another file") from None
+        with path.open("rb"):
+            pass
     except OSError as exc:
-        raise LocalmlError.one(f"{what} cannot be read: {exc.strerror or exc}", file=str(path), fix=fix) from None
+        raise _unreadable(path, what, fix, exc) from None
+    return info.st_size
+
+
+def read_file(path: Path, what: str, *, fix: str) -> bytes:
+    """A regular file's bytes, or one clear error (missing, a folder, a pipe or device, unreadable)."""
+    check_file(path, what, fix=fix)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, what, fix, exc) from None
+
+
+def _unreadable(path: Path, what: str, fix: str, exc: OSError) -> LocalmlError:
+    if isinstance(exc, PermissionError):
+        return LocalmlError.one(f"{what} cannot be read: permission denied", file=str(path),
+                                fix=f"make it readable (chmod u+r {path}) or pass another file")
+    return LocalmlError.one(f"{what} cannot be read: {exc.strerror or exc}", file=str(path), fix=fix)
 
 
 def _kind(mode: int) -> str:
@@ -242,8 +314,12 @@ def _form_part(token: str) -> FormPart:
     return FormPart(name, path=Path(path), content_type=options.get("type"), filename=options.get("filename"))
 
 
-def form_payload(parts: list[FormPart]) -> Payload:
-    """multipart/form-data of the parts, files read now (a missing one named with its field)."""
+def form_payload(parts: list[FormPart], *, force: bool = False) -> Payload:
+    """multipart/form-data of the parts, files read now (a missing one named with its field); over REQUEST_LIMIT
+    in all, only with force."""
+    sizes = [check_file(part.path, f"form file of field {part.name}", fix=f"check the path after {part.name}=@")
+             for part in parts if part.path is not None]
+    check_size(sum(sizes), "the form's files together" if len(sizes) > 1 else "the form's file", None, force)
     fields: list[tuple[str, tuple[str | None, bytes | str] | tuple[str, bytes, str]]] = []
     for part in parts:
         if part.path is None:
@@ -318,22 +394,84 @@ def save(path: Path, content: bytes) -> None:
 # --- sending and reading the answer ------------------------------------------------------------
 
 
+LARGE_REQUEST = 10 * 1024**2  # a timeout on a larger request names its size
+
+
 def post(url: str, payload: Payload, *, timeout_s: float, headers: dict[str, str] | None = None) -> InvokeResult:
+    """Send the payload (a large file streamed from disk, with its Content-Length) and read the answer."""
     started = time.perf_counter()
     try:
-        answer = requests.post(url, data=payload.body, timeout=timeout_s,
-                               headers={**(headers or {}), "Content-Type": payload.content_type})
-    except requests.ConnectionError:
-        raise LocalmlError.one(f"nothing answers at {url}",
-                               fix="start the endpoint with doit debug spec=<deployment.yml>") from None
+        with _body(payload) as body:
+            answer = requests.post(url, data=body, timeout=timeout_s,
+                                   headers={**(headers or {}), "Content-Type": payload.content_type})
     except requests.Timeout:
-        raise LocalmlError.one(f"no answer from {url} within {timeout_s:.0f} s",
-                               fix="check run() in the scoring script (doit logs shows the server's log)") from None
+        raise _timeout(url, payload, timeout_s) from None
+    except requests.ConnectionError as exc:
+        if _caused_by(exc, ConnectionRefusedError, urllib3.exceptions.NewConnectionError):
+            raise LocalmlError.one(f"nothing answers at {url}",
+                                   fix="start the endpoint with doit debug spec=<deployment.yml>") from None
+        if _caused_by(exc, TimeoutError):  # the socket timed out while the body was being sent
+            raise _timeout(url, payload, timeout_s) from None
+        raise LocalmlError.one(f"the connection to {url} was closed while sending a {describe_bytes(payload.size)} "
+                               f"request ({_reason(exc)})",
+                               fix="doit logs shows whether the server stopped; try again, or send a smaller "
+                                   "request") from None
     latency_ms = (time.perf_counter() - started) * 1000
     return InvokeResult(status=answer.status_code, latency_ms=latency_ms, content=answer.content,
                         content_type=answer.headers.get("Content-Type"),
                         deployment=answer.headers.get(DEPLOYMENT_HEADER),
                         script_failed=answer.status_code == 503 and answer.headers.get(FAILED_HEADER) == "failed")
+
+
+@contextlib.contextmanager
+def _body(payload: Payload) -> Iterator[Any]:
+    """The bytes to send, or the open file they are streamed from: requests sends a file object in blocks, with
+    a Content-Length from its size."""
+    if payload.source is None:
+        yield payload.body
+        return
+    try:
+        file = payload.source.open("rb")
+    except OSError as exc:
+        raise _unreadable(payload.source, "request file", REQUEST_FIX, exc) from None
+    with file:
+        yield file
+
+
+def _timeout(url: str, payload: Payload, timeout_s: float) -> LocalmlError:
+    if payload.size > LARGE_REQUEST:
+        return LocalmlError.one(
+            f"no answer from {url} within {timeout_s:.0f} s to a large request ({describe_bytes(payload.size)})",
+            fix="a request this large takes long to send and to score: send a smaller one, or give the server more "
+                "time with request_settings.request_timeout_ms (invoke waits longer with it); doit logs shows the "
+                "server's log")
+    return LocalmlError.one(f"no answer from {url} within {timeout_s:.0f} s",
+                            fix="check run() in the scoring script (doit logs shows the server's log)")
+
+
+def _caused_by(exc: BaseException, *kinds: type[BaseException]) -> bool:
+    """Whether exc, or an exception it wraps (requests -> urllib3 -> socket), is one of kinds."""
+    return any(isinstance(item, kinds) for item in _chain(exc))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """exc and the exceptions it wraps (in args, reason, cause, context), outermost first."""
+    found: list[BaseException] = []
+    pending: list[Any] = [exc]
+    while pending:
+        item = pending.pop(0)
+        if not isinstance(item, BaseException) or any(item is seen for seen in found):
+            continue
+        found.append(item)
+        pending += [*item.args, getattr(item, "reason", None), item.__cause__, item.__context__]
+    return found
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause, in a few words: "RemoteDisconnected: Remote end closed connection without response"."""
+    inner = _chain(exc)[-1]
+    text = inner.strerror if isinstance(inner, OSError) and inner.strerror else str(inner)
+    return f"{type(inner).__name__}: {text}"[:200]
 
 
 def read_answer(content_type: str | None, content: bytes) -> Answer:

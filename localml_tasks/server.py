@@ -15,11 +15,11 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import filecheck
 from .errors import LocalmlError
 from .state import read_json, write_json_if_changed
 
@@ -238,22 +238,14 @@ def refresh(host: SupervisorHost, runtime_dir: Path, command: dict[str, Any], *,
 
 
 def watched_files(code_dir: str | None, model_path: str | None) -> list[str]:
-    """Every file whose change means "reload": the code folder and the model, minus caches."""
+    """Every file whose change means "reload": the code folder and the model, minus caches.
+
+    At most filecheck.MAX_FILES of each (validation refuses a larger folder; this only keeps every command
+    from walking it); a folder too large to hash is remembered for the checker (filecheck)."""
     files: list[str] = []
     for root in filter(None, (code_dir, model_path)):
-        files.extend(_walk(Path(root)))
+        files.extend(filecheck.survey(root, SKIPPED_DIRS).files)
     return sorted(files)
-
-
-def _walk(root: Path) -> Iterator[str]:
-    if root.is_file():
-        yield str(root)
-        return
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
-        for name in names:
-            if not name.endswith((".pyc", ".pyo", ".swp")) and not name.startswith(".#"):
-                yield os.path.join(folder, name)
 
 
 def runs_command(status: ServerStatus, command: dict[str, Any]) -> bool:
@@ -295,7 +287,7 @@ def wait_for_debugger_port(host: SupervisorHost, runtime_dir: Path, timeout_s: f
             listening = json.loads((runtime_dir / DEBUGPY_FILE_NAME).read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
             listening = {}
-        if listening.get("pid") == status.pid:
+        if isinstance(listening, dict) and listening.get("pid") == status.pid:
             return True
         time.sleep(0.05)
     raise LocalmlError.one(f"debugpy did not start listening in {host.name} within {timeout_s:.0f} s",
