@@ -175,7 +175,12 @@ def ensure_router(endpoint: str, taken_ports: set[int]) -> tuple[Router, bool]:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         )
-    write_json_if_changed(folder / ROUTER_FILE, {"pid": process.pid, "port": port, **ownership.stamp(process.pid)})
+    try:
+        write_json_if_changed(folder / ROUTER_FILE, {"pid": process.pid, "port": port, **ownership.stamp(process.pid)})
+    except LocalmlError:  # a full disk: a router nobody has a record of must not stay behind
+        process.terminate()
+        process.wait(timeout=10)
+        raise
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if _answers(port):

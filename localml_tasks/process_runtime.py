@@ -23,6 +23,7 @@ from pathlib import Path
 from . import ownership
 from .container import IN_CONTAINER
 from .environment import ResolvedEnvironment
+from .errors import LocalmlError
 from .image import parse_build_failure
 from .lock import uv_binary
 from .server import ProcessHost, debug_server_command, process_is_alive
@@ -195,7 +196,12 @@ def start(deployment: Deployment, venv: Path, state_dir: Path, runtime_dir: Path
     record = ProcessRecord(supervisor_pid=process.pid, scoring_port=scoring_port, debug_port=debug_port,
                            venv=str(venv), config_hash=config_hash(deployment, venv), log_file=str(log_file),
                            **ownership.stamp(process.pid))
-    write_json_if_changed(state_dir / "process.json", asdict(record))
+    try:
+        write_json_if_changed(state_dir / "process.json", asdict(record))
+    except LocalmlError:  # a full disk: a supervisor nobody has a record of must not stay behind (it ends its server)
+        process.terminate()
+        process.wait(timeout=15)
+        raise
     return record
 
 

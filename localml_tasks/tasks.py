@@ -157,13 +157,14 @@ def _no_target(command: str) -> dict[str, Any]:
 # --- doit debug: the chain --------------------------------------------------------------
 
 
-def task_validate() -> Iterator[dict[str, Any]]:
+def task_validate() -> Iterator[dict[str, Any]] | dict[str, Any]:
     """Check the deployment and endpoint YAML (overridden by set=, unset=, endpoint_set=, endpoint_unset=)."""
     target = _target()
-    if target:
-        # takeover=1: take the deployment (and the endpoint's router) over from another project folder
-        yield {"name": target.deployment, "actions": [_guard(actions.validate, target, _flag("takeover"))],
-               "targets": [target.resolved_file], "uptodate": [False]}
+    if not target:
+        return _no_target("validate")
+    # takeover=1: take the deployment (and the endpoint's router) over from another project folder
+    return iter([{"name": target.deployment, "actions": [_guard(actions.validate, target, _flag("takeover"))],
+                  "targets": [target.resolved_file], "uptodate": [False]}])
 
 
 def task_environment() -> Iterator[dict[str, Any]]:
