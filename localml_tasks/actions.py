@@ -21,6 +21,7 @@ from . import (
     claims,
     devcontainer,
     docker_engine,
+    doctor,
     health,
     image,
     process_runtime,
@@ -111,6 +112,7 @@ def python_mismatch_allowance(target: Target, given: str, config: ProjectConfig)
 
 
 def resolve(target: Target, allow_python_mismatch: str, relock: bool = False) -> None:
+    doctor.preflight(target, "docker")  # what this machine lacks (an engine, a base image, a CA file): before any work
     remember_runtime(target, "docker")
     deployment = target.resolved()
     if deployment.inference_config:
@@ -259,6 +261,7 @@ def resolve_for_process(target: Target, allow_python_mismatch: str, chosen_autom
                         relock: bool = False) -> None:
     if chosen_automatically:
         line("runtime", "no Docker engine answers: process mode (the server runs in a venv on this machine)")
+    doctor.preflight(target, "process")
     remember_runtime(target, "process")
     deployment = target.resolved()
     if deployment.inference_config:
@@ -635,14 +638,14 @@ def update_endpoint(target: Target) -> None:
 # --- watch: the chain again on every save --------------------------------------------------------------------
 
 
-def watch_deployment(target: Target, takeover: bool = False) -> None:
+def watch_deployment(target: Target, takeover: bool = False, passed: tuple[str, ...] = ()) -> None:
     """Follow saves until Ctrl-C: code and model edits reload inside the running server, at once; an edit
     of the YAML or the conda file runs the debug chain again. It holds the deployment's lock only while it
-    reloads: the chain it runs takes the lock itself."""
+    reloads: the chain it runs takes the lock itself. passed: debug's variables as given (`vscode=0`), for the chain."""
     with claims.deployment_lock(target.endpoint, target.deployment, says("watch")):
         claims.claim_deployment(target.endpoint, target.deployment, takeover, says("watch"))
     # bring it up first (a broken start is reported, and the next save is the fix)
-    watch.run_debug_chain(target.spec_path, target.endpoint_yaml, target.overrides.argv())
+    watch.run_debug_chain(target.spec_path, target.endpoint_yaml, [*target.overrides.argv(), *passed])
     endpoint_yaml = str(target.endpoint_yaml) if target.endpoint_yaml else None
 
     def watched() -> tuple[list[str], list[str]]:
@@ -656,7 +659,7 @@ def watch_deployment(target: Target, takeover: bool = False) -> None:
         if set(among_files) <= model_file and _reload_after_save(target, changed):
             return
         line("watch", f"{_changed_names(target, changed)} changed")
-        if watch.run_debug_chain(target.spec_path, target.endpoint_yaml, target.overrides.argv()) != 0:
+        if watch.run_debug_chain(target.spec_path, target.endpoint_yaml, [*target.overrides.argv(), *passed]) != 0:
             line("watch", "not healthy: fix the error above and save again")
         else:
             line("watch", "ready — waiting for changes (Ctrl-C stops)")

@@ -21,6 +21,9 @@ from .state import STATE_DIR_NAME, state_root
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in OWN_COMMANDS:
+        return _own_command(args[0], args[1:])
     try:
         state_root().mkdir(exist_ok=True)
     except OSError as exc:
@@ -32,7 +35,31 @@ def main(argv: list[str] | None = None) -> int:
     _set_aside_corrupt_dep_file(Path(tasks.DOIT_CONFIG["dep_file"]))
     loader = ModuleTaskLoader(tasks)
     runner = DoitMain(loader, config_filenames=(), extra_config={"GLOBAL": dict(tasks.DOIT_CONFIG)})
-    return runner.run(sys.argv[1:] if argv is None else argv)
+    return runner.run(args)
+
+
+OWN_COMMANDS = ("init", "doctor")  # localml's own, before doit: no dodo.py or state folder needed yet
+
+
+def _own_command(name: str, rest: list[str]) -> int:
+    """`localml init` (a project folder made ready for doit) and `localml doctor` (this machine and folder)."""
+    if rest:
+        from .console import error
+        from .errors import LocalmlError, Problem
+        from .variables import unknown
+
+        problems = [unknown(*arg.split("=", 1), (), f"localml {name}") if "=" in arg else
+                    Problem(f"localml {name} takes no arguments (got {arg})", fix=f"run localml {name} in your "
+                            "project folder") for arg in rest]
+        error(LocalmlError(problems).render())
+        return 1
+    if name == "init":
+        from . import init
+
+        return init.main()
+    from . import doctor
+
+    return doctor.main()
 
 
 

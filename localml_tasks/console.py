@@ -12,8 +12,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-out = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: `:x:` in a name or message stays as written (rich would print an emoji)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+errors = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def line(stage: str, text: str) -> None:

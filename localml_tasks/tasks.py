@@ -3,13 +3,16 @@
     validate -> environment -> image -> container -> server -> devcontainer -> vscode -> health   (doit debug)
                    (process mode: image -> venv, container -> process; runtime=process, or no Docker engine)
     invoke, show, logs, delete, endpoints, prune                  (around a running endpoint: commands.py)
+    doctor                                                        (this machine and folder: doctor.py)
 
 The deployment is selected once per command (`_target`, `_runtime`), and its spec parsed once (Target.loaded).
 
 Variables come from doit's command line (`doit debug spec=blue-deployment.yml`); the last
 validated spec is remembered in .localml/current.json, so `doit invoke request=...` needs no spec.
 The Azure CLI's overrides are variables too (overrides.py): deployment=, endpoint_name=, set=, unset=,
-endpoint_set=, endpoint_unset=.
+endpoint_set=, endpoint_unset=. Each task declares the variables it reads in variables.py (READS): a variable
+the command's tasks do not read, a value a variable cannot take, or a task that does not exist is refused while
+the tasks load, before any of them runs (`_target` checks the command line once per command).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from doit import get_var
 from doit.exceptions import TaskFailed
 
-from . import actions, commands, docker_engine, filecheck, invoke
+from . import actions, commands, docker_engine, filecheck, invoke, variables
 from .console import error
 from .errors import LocalmlError
 from .overrides import VARIABLES as OVERRIDE_VARIABLES
@@ -48,14 +51,15 @@ def _var(name: str, default: str = "") -> str:
     return value if isinstance(value, str) else default
 
 
-def _flag(name: str) -> bool:
-    return _var(name).lower() in ("1", "true", "yes", "on")
+def _flag(name: str, default: bool = False) -> bool:
+    """A switch: 1/true/yes/on or 0/false/no/off (anything else was refused at load: variables.py)."""
+    return variables.switch(_var(name), default)
 
 
 def _mode(target: Target) -> ServerMode:
     """debugger= and wait= as given now; keep_state= as given, else as this deployment's server last had it."""
     keep_state = _var("keep_state")
-    return ServerMode(debugger=_var("debugger", "1").lower() not in ("0", "false", "no", "off"), wait=_flag("wait"),
+    return ServerMode(debugger=_flag("debugger", True), wait=_flag("wait"),
                       keep_state=_flag("keep_state") if keep_state else actions.keeps_state(target),
                       restart=_flag("restart"))
 
@@ -77,7 +81,7 @@ def _runtime() -> tuple[str, bool]:
         _refuse_at_load(LocalmlError.one(f"runtime={_var('runtime')} is not a runtime",
                                          fix="runtime=docker (a container), runtime=process (a venv on this "
                                              "machine), or leave it out (as the deployment was created)"))
-    target = _target()
+    target = _selected()
     remembered = actions.remembered_runtime(target) if target else None
     if remembered:
         return remembered, False
@@ -92,6 +96,20 @@ def _refuse_at_load(exc: LocalmlError) -> None:
 
 @functools.cache
 def _target() -> Target | None:
+    """The deployment named by spec=... (with its overrides), else the one last used in this folder; the first
+    task function to ask (task_validate, whatever the command) has the command line checked, before any task runs:
+    unknown variables, bad values, tasks that do not exist (variables.py)."""
+    target = _selected()
+    try:
+        variables.check_command_line(variables.given_variables(), variables.doit_command(), target,
+                                     lambda: _runtime()[0])
+    except LocalmlError as exc:
+        _refuse_at_load(exc)
+    return target
+
+
+@functools.cache
+def _selected() -> Target | None:
     """The deployment named by spec=... (with its overrides), else the one last used in this folder."""
     spec = _var("spec")
     endpoint_yaml = _var("endpoint") or None
@@ -163,8 +181,10 @@ def task_validate() -> Iterator[dict[str, Any]] | dict[str, Any]:
     if not target:
         return _no_target("validate")
     # takeover=1: take the deployment (and the endpoint's router) over from another project folder
-    return iter([{"name": target.deployment, "actions": [_guard(actions.validate, target, _flag("takeover"))],
-                  "targets": [target.resolved_file], "uptodate": [False]}])
+    # a generator (doit takes a dict or a generator, not any iterator)
+    validate = {"name": target.deployment, "actions": [_guard(actions.validate, target, _flag("takeover"))],
+                "targets": [target.resolved_file], "uptodate": [False]}
+    return (task for task in [validate])
 
 
 def task_environment() -> Iterator[dict[str, Any]]:
@@ -272,7 +292,7 @@ def task_vscode() -> Iterator[dict[str, Any]]:
     if target:
         yield {
             "name": target.deployment,
-            "actions": [_guard(actions.open_vscode, target, _var("vscode", "1") not in ("0", "false", "no"))],
+            "actions": [_guard(actions.open_vscode, target, _flag("vscode", True))],
             "task_dep": [f"devcontainer:{target.deployment}"],
             "uptodate": [False],
         }
@@ -315,7 +335,8 @@ def task_watch() -> dict[str, Any]:
     target = _target()
     if not target:
         return _no_target("watch")
-    return {"actions": [_guard(actions.watch_deployment, target, _flag("takeover"))], "uptodate": [False]}
+    passed = tuple(f"{name}={_var(name)}" for name in variables.WATCH_PASSES if _var(name))  # for each debug run
+    return {"actions": [_guard(actions.watch_deployment, target, _flag("takeover"), passed)], "uptodate": [False]}
 
 
 # --- around a running endpoint ---------------------------------------------------------------
@@ -364,3 +385,14 @@ def task_endpoints() -> dict[str, Any]:
 def task_prune() -> dict[str, Any]:
     """Remove localml's images that no container uses; cache=1 empties the download cache too."""
     return {"actions": [_guard(commands.prune, _flag("cache"))], "uptodate": [False]}
+
+
+def task_doctor() -> dict[str, Any]:
+    """Check this machine and folder for localml: Docker engine, base images, `code`, ports, disk, proxy CA, uv."""
+
+    def doctor() -> TaskFailed | None:
+        from . import doctor
+
+        return None if doctor.main() == 0 else TaskFailed("doctor found a problem (✗ above)", report=False)
+
+    return {"actions": [doctor], "uptodate": [False], "verbosity": 2}
