@@ -188,8 +188,15 @@ def get_container(name: str) -> Container | None:
         return None
 
 
-def list_containers(label_filters: list[str]) -> list[Container]:
-    return client().containers.list(all=True, filters={"label": label_filters})
+def list_containers(label_filters: list[str] | None = None) -> list[Container]:
+    """Every container (running or not) with these labels. One removed while it is listed (another command's
+    delete, a test's clean-up) is left out: the SDK's own list would fail on it with NotFound."""
+    filters = {"label": label_filters} if label_filters else {}
+    found = []
+    for summary in client().api.containers(all=True, filters=filters):
+        with contextlib.suppress(_docker().errors.NotFound):
+            found.append(client().containers.get(summary["Id"]))
+    return found
 
 
 def gpu_device_requests() -> list[Any]:
@@ -253,7 +260,7 @@ def remove_container(container: Container) -> None:
 def ports_in_use_by_containers() -> set[int]:
     """Host ports published by any container (running or not) so two never collide."""
     used: set[int] = set()
-    for container in client().containers.list(all=True):
+    for container in list_containers():
         bindings = container.attrs.get("HostConfig", {}).get("PortBindings") or {}
         for binds in bindings.values():
             for bind in binds or []:

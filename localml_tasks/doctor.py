@@ -390,17 +390,5 @@ def _preflight_checks(target: Target, runtime: str):
 
     client = docker_engine.client()  # a LocalmlError with its fix when no engine answers
     yield disk_check(client)
-    from .project import read_deployment
-
-    spec = target.spec_path.resolve()
-    deployment = read_deployment(spec, spec.parent)
-    if deployment is None:
-        return
-    try:
-        resolved = target.resolved()  # the overridden image (set=environment.image=...), as validate wrote it
-        if resolved.image and not resolved.build_context:
-            deployment.images = [(resolved.image, "environment.image")]
-    except LocalmlError:
-        pass
-    for needed in needed_images([deployment], load_project_config(Path.cwd())):
-        yield image_check(client, needed)
+    # the base images are checked by the environment stage itself, before any build: its error names the
+    # YAML line that asks for the image, which a machine check cannot (`localml doctor` lists them all)
