@@ -545,7 +545,8 @@ def write_devcontainer(target: Target, merge_into_user_launch: bool) -> None:
     config = devcontainer.render_devcontainer(spec, deployed.scoring_port, deployed.debug_port, folder, python=python)
     # in the template's order: people read these files
     changed = write_json_if_changed(folder / ".devcontainer" / "devcontainer.json", config, sort_keys=False)
-    launch = devcontainer.render_host_launch_file(code_dir, spec.code_target, deployed.debug_port)
+    model_paths = {here: there for there, here in container_stage.model_code_paths(target.resolved()).items()}
+    launch = devcontainer.render_host_launch_file(code_dir, spec.code_target, deployed.debug_port, model_paths)
     changed |= write_json_if_changed(target.launch_file, launch, sort_keys=False)
     line("devcontainer", f"{'written' if changed else 'up to date'}: {display(folder / '.devcontainer')}, "
                          f"launch configuration {display(target.launch_file)}")

@@ -14,7 +14,7 @@ CONFIG_FILE_NAME = "localml.yml"
 ALIASES_ENV = "LOCALML_IMAGE_ALIASES"
 
 
-SETTINGS = ("image_aliases", "allow_python_mismatch")
+SETTINGS = ("image_aliases", "allow_python_mismatch", "no_code_base_image")
 DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
@@ -38,6 +38,8 @@ class ProjectConfig:
     image_aliases: dict[str, str] = field(default_factory=dict)
     # build even where a conda file pins a Python the base image does not have (a warning, not an error)
     allow_python_mismatch: bool = False
+    # the base image of a no-code MLflow deployment (None: Azure's MLflow inference image; aliases apply)
+    no_code_base_image: str | None = None
 
     def resolve_image(self, image: str) -> str:
         """The local image standing in for image: matched as Docker matches names (see normalize_image_reference)."""
@@ -50,6 +52,7 @@ def load_project_config(directory: Path | None = None) -> ProjectConfig:
     """localml.yml in the working directory, then LOCALML_IMAGE_ALIASES (wins)."""
     aliases: dict[str, str] = {}
     allow = False
+    no_code_image = None
     path = (directory or Path.cwd()) / CONFIG_FILE_NAME
     if path.exists():
         doc = load_yaml(path)
@@ -66,6 +69,10 @@ def load_project_config(directory: Path | None = None) -> ProjectConfig:
         if not isinstance(allow, bool):
             raise LocalmlError.one("expected true or false", **doc.where(("allow_python_mismatch",)),
                                    fix="allow_python_mismatch: true")
+        no_code_image = data.get("no_code_base_image")
+        if no_code_image is not None and (not isinstance(no_code_image, str) or not no_code_image.strip()):
+            raise LocalmlError.one("expected an image name", **doc.where(("no_code_base_image",)),
+                                   fix="no_code_base_image: mcr.microsoft.com/azureml/<image>:<tag>")
         raw = data.get("image_aliases") or {}
         if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
             raise LocalmlError.one(
@@ -82,4 +89,4 @@ def load_project_config(directory: Path | None = None) -> ProjectConfig:
                 fix=f"set {ALIASES_ENV}=registry/image:tag=local/image:tag[,...]",
             )
         aliases[name] = local
-    return ProjectConfig(image_aliases=aliases, allow_python_mismatch=allow)
+    return ProjectConfig(image_aliases=aliases, allow_python_mismatch=allow, no_code_base_image=no_code_image)

@@ -108,6 +108,15 @@ def server_environment(deployment: Deployment) -> dict[str, str]:
     return {**environment, **deployment.environment_variables}
 
 
+def model_code_paths(deployment: Deployment) -> dict[str, str]:
+    """{the model folder in the container: on this machine}, for a model folder that may hold code the debugger
+    stops in (a pyfunc model's python_model.py, its code_paths); empty for a model file."""
+    if not deployment.model_path or not Path(deployment.model_path).is_dir():
+        return {}
+    return {posixpath.join(model_dir_in_container(deployment), Path(deployment.model_path).name):
+            deployment.model_path}
+
+
 def _code_and_model_mounts(deployment: Deployment) -> list[dict[str, Any]]:
     mounts = []
     if deployment.code_dir:
@@ -132,7 +141,8 @@ def server_command(deployment: Deployment, debugger: bool, wait: bool) -> dict[s
         code_target = code_mount(deployment)
         return debug_server_command("python", f"{BIN_DIR}/debug_server.py", server_port=CONTAINER_PORT,
                                     debug_port=DEBUG_CONTAINER_PORT, runtime_dir=RUNTIME_DIR, debugger=True,
-                                    wait=wait, code_dir=code_target, host_code_dir=deployment.code_dir)
+                                    wait=wait, code_dir=code_target, host_code_dir=deployment.code_dir,
+                                    more_paths=model_code_paths(deployment))
     script = f'exec azmlinfsrv --entry_script "$AML_APP_ROOT/$AZUREML_ENTRY_SCRIPT" --port {CONTAINER_PORT}'
     return {"argv": ["sh", "-c", script], "env": {}, "reload": "gunicorn"}
 

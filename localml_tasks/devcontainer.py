@@ -90,7 +90,8 @@ def render_devcontainer(spec: ContainerSpec, scoring_port: int, debug_port: int,
     run_args = [f"--name={spec.name}"]
     for key, value in labels.items():
         run_args.append(f"--label={key}={value}")
-    run_args += [f"--publish={LOOPBACK}:{scoring_port}:{CONTAINER_PORT}",
+    run_args += [f"--network={spec.network}",  # as localml runs it: no other container reaches debugpy
+                 f"--publish={LOOPBACK}:{scoring_port}:{CONTAINER_PORT}",
                  f"--publish={LOOPBACK}:{debug_port}:{DEBUG_CONTAINER_PORT}"]
     if spec.gpu:
         run_args.append("--gpus=all")  # as the container localml runs (gpu=1)
@@ -109,9 +110,13 @@ def render_devcontainer(spec: ContainerSpec, scoring_port: int, debug_port: int,
     })
 
 
-def render_host_launch_file(code_dir: str, code_target: str, debug_port: int) -> dict[str, Any]:
-    return {"version": "0.2.0",
-            "configurations": [render_launch(LOOPBACK, debug_port, code_dir, code_target)]}
+def render_host_launch_file(code_dir: str, code_target: str, debug_port: int,
+                            more_paths: dict[str, str] | None = None) -> dict[str, Any]:
+    """more_paths: {host folder: its folder in the container} beside the code folder (a model's own code)."""
+    launch = render_launch(LOOPBACK, debug_port, code_dir, code_target)
+    for host, target in (more_paths or {}).items():
+        launch["pathMappings"].append({"localRoot": host, "remoteRoot": target})
+    return {"version": "0.2.0", "configurations": [launch]}
 
 
 # --- merging into the user's own .vscode/launch.json (only when asked) ------------------------------

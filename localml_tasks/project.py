@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from . import mlflow_model
 from .build_context import from_images, parse_dockerfile
 from .errors import LocalmlError
 from .yamlsource import peek_yaml
@@ -114,11 +115,7 @@ NO_CODE = "no-code MLflow model"  # where the image comes from: localml's defaul
 
 def _no_code_base_image(data: dict) -> str | None:
     """The base image a no-code MLflow deployment (an mlflow_model, no code, no environment) is built on."""
-    try:
-        from .mlflow_model import DEFAULT_BASE_IMAGE, is_no_code
-    except ImportError:  # a localml without no-code deployments
-        return None
-    return DEFAULT_BASE_IMAGE if is_no_code(data) else None
+    return mlflow_model.DEFAULT_BASE_IMAGE if mlflow_model.is_no_code(data) else None
 
 
 def _read_environment(item: DeploymentFile, environment: dict, folder: Path) -> None:

@@ -145,15 +145,17 @@ def write_command(runtime_dir: Path, command: dict[str, Any], *, keep_state: boo
 
 def debug_server_command(python: str, script: str, *, server_port: int, debug_port: int, runtime_dir: str,
                          debugger: bool, wait: bool, code_dir: str, host_code_dir: str,
-                         bind_host: str | None = None) -> dict[str, Any]:
+                         bind_host: str | None = None, more_paths: dict[str, str] | None = None) -> dict[str, Any]:
     """in_container/debug_server.py: azmlinfsrv's app in one process, under debugpy unless debugger is off;
     reloaded in place by SIGUSR1. code_dir: the code folder as the server sees it (its modules are dropped
     on a reload); host_code_dir: the same folder on this machine (tracebacks name it). bind_host None: the
     debug server's default (every interface: inside a container, Docker publishes the port on 127.0.0.1 only)."""
     env = {"LOCALML_SERVER_PORT": str(server_port), "LOCALML_DEBUG_PORT": str(debug_port),
            "LOCALML_RUNTIME_DIR": runtime_dir, "LOCALML_CODE_DIR": code_dir}
-    if host_code_dir != code_dir:
-        env["LOCALML_PATH_MAP"] = json.dumps({code_dir: host_code_dir})
+    path_map = {code_dir: host_code_dir, **(more_paths or {})}  # more_paths: a model folder's, {there: here}
+    path_map = {there: here for there, here in path_map.items() if there != here}
+    if path_map:
+        env["LOCALML_PATH_MAP"] = json.dumps(path_map)
     if bind_host:
         env["LOCALML_BIND_HOST"] = bind_host
     if not debugger:

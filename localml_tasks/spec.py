@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import filecheck, quantities, schema
+from . import filecheck, mlflow_model, quantities, schema
 from . import overrides as overrides_stage
+from .config import load_project_config
 from .environment import resolve_environment
 from .errors import LocalmlError, Problem
 from .overrides import DEPLOYMENT, ENDPOINT, Override
@@ -238,9 +239,12 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None,
                         f"'{endpoint_data['name']}' in {endpoint_doc.path.name}",
                         "use the same name in both files")
 
-    code_dir, scoring_script = checker.code_configuration()
+    # a no-code MLflow deployment (mlflow_model.py): localml writes its scoring script and environment
+    no_code = mlflow_model.is_no_code(data)
+    code_dir, scoring_script = (None, "") if no_code else checker.code_configuration()
     model_path, model_name, model_version = checker.model(name or "model")
-    conda_file, image = checker.environment()
+    conda_file, image = (None, None) if no_code else checker.environment()
+    mlflow = checker.mlflow_model(model_path) if no_code and model_path else None
     env_vars = checker.environment_variables()
     probe = checker.probe(("readiness_probe",))
     liveness = checker.probe(("liveness_probe",))
@@ -257,6 +261,13 @@ def load_deployment(spec_path: Path, endpoint_path: Path | None = None,
     problems = endpoint_problems + schema_problems + semantic
     if problems:
         raise LocalmlError(problems)
+    if mlflow is not None:
+        # the project's localml.yml, as the image stages read it (the working directory's)
+        generated = mlflow_model.generate(mlflow, str(endpoint_name), str(name),
+                                          load_project_config().no_code_base_image)
+        code_dir, scoring_script = generated.code_dir, generated.scoring_script
+        conda_file, image = generated.conda_file, generated.image
+        notes = [*generated.notes, *notes]
     return Deployment(
         spec_path=str(spec_path),
         endpoint_name=str(endpoint_name),
@@ -598,6 +609,17 @@ class _Checker:
             self.problem((*key, "path"), "missing", "add path: <local model file or folder>")
         name = str(value.get("name") or (path.name if path else "model"))
         return path, name, str(value.get("version") or "1")
+
+    def mlflow_model(self, path: Path) -> mlflow_model.MlflowModel | None:
+        """The MLflow model of a no-code deployment, checked (problems at MLmodel's lines), and its environment."""
+        found, problems = mlflow_model.read_model(path, self.doc.where(("model", "path")))
+        self.problems += problems
+        if found is not None:
+            try:  # the environment it gives is checked like a conda file (its own file's problems have lines)
+                mlflow_model.environment(found, [])
+            except LocalmlError as exc:
+                self.problems += exc.problems
+        return found
 
     def environment(self) -> tuple[Path | None, str | None]:
         key = ("environment",)

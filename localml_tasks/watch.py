@@ -21,6 +21,7 @@ from pathlib import Path
 from watchfiles import DefaultFilter
 from watchfiles import watch as file_events
 
+from . import mlflow_model
 from .server import SKIPPED_DIRS, watched_files
 
 SETTLE_MS = 50  # a change is reported once the files have been quiet this long ...
@@ -99,6 +100,7 @@ def folders_and_files(resolved: dict, spec_path: Path, endpoint_yaml: str | None
     files = [str(spec_path), resolved.get("conda_file"), resolved.get("endpoint_path") or endpoint_yaml]
     if model and not os.path.isdir(model):
         files.append(model)
+    files += mlflow_model.environment_sources(resolved)  # a no-code MLflow model's MLmodel and environment files
     return folders, [p for p in files if p]
 
 

@@ -29,8 +29,11 @@ def test_breakpoint_in_run_is_hit_through_the_host_launch_configuration(project,
     config = host_launch(project)
     score = project.root / "onlinescoring" / "score.py"
     line = line_in(score, "predictions = model.predict(data) * scale")
+    # the code folder, and the model folder as Azure mounts it (a model folder may hold code to stop in)
     assert config["pathMappings"] == [{"localRoot": str(project.root / "onlinescoring"),
-                                       "remoteRoot": "/var/azureml-app/onlinescoring"}]
+                                       "remoteRoot": "/var/azureml-app/onlinescoring"},
+                                      {"localRoot": str(project.root / "model"),
+                                       "remoteRoot": "/var/azureml-app/azureml-models/sample-regression/1/model"}]
 
     dap = DapClient(config["connect"]["host"], config["connect"]["port"])
     try:
