@@ -361,15 +361,17 @@ def save_pyfunc_model(source: Path, folder: Path) -> None:
     del sys.modules["doubler"]
 
 
-def test_breakpoints_in_the_generated_script_and_the_models_own_code_over_dap(tmp_path, saved_model):
-    """runtime=process: the debugger attached once stops in the generated run() and in the pyfunc model's predict
-    (model/code/doubler.py: the host's own file, the model loaded from its real folder)."""
+@pytest.mark.parametrize("runtime", ["process", pytest.param("docker", marks=pytest.mark.docker)])
+def test_breakpoints_in_the_generated_script_and_the_models_own_code_over_dap(tmp_path, saved_model, runtime):
+    """The debugger attached once stops in the generated run() and in the pyfunc model's predict
+    (model/code/doubler.py), set by their paths on this machine: in process mode the host's own files (the model
+    loaded from its real folder), in a container the mounted ones (launch.json maps the code and model folders)."""
     project = make_project(tmp_path / "project", saved_model)
     shutil.rmtree(project.root / "model")
     (tmp_path / "source").mkdir()
     save_pyfunc_model(tmp_path / "source", project.root / "model")
     try:
-        result = project.run("debug", f"spec={project.spec}", "runtime=process")
+        result = project.run("debug", f"spec={project.spec}", f"runtime={runtime}", "vscode=0")
         assert result.returncode == 0, result.stdout + result.stderr
         launch = host_launch(project)
         score = project.root / ".localml" / "endpoints" / project.endpoint / "blue" / "mlflow-scoring" / "score.py"
