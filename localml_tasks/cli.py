@@ -16,6 +16,7 @@ from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
 from . import tasks
+from .console import error
 from .errors import _display_path
 from .state import STATE_DIR_NAME, state_root
 
@@ -35,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     _set_aside_corrupt_dep_file(Path(tasks.DOIT_CONFIG["dep_file"]))
     loader = ModuleTaskLoader(tasks)
     runner = DoitMain(loader, config_filenames=(), extra_config={"GLOBAL": dict(tasks.DOIT_CONFIG)})
-    return runner.run(args)
+    try:
+        return runner.run(args)
+    except KeyboardInterrupt:  # between two stages, in doit's own code (within a stage, its guard says it)
+        error(tasks.INTERRUPTED)
+        return 130
 
 
 OWN_COMMANDS = ("init", "doctor")  # localml's own, before doit: no dodo.py or state folder needed yet
@@ -44,7 +49,6 @@ OWN_COMMANDS = ("init", "doctor")  # localml's own, before doit: no dodo.py or s
 def _own_command(name: str, rest: list[str]) -> int:
     """`localml init` (a project folder made ready for doit) and `localml doctor` (this machine and folder)."""
     if rest:
-        from .console import error
         from .errors import LocalmlError, Problem
         from .variables import unknown
 

@@ -18,6 +18,7 @@ the tasks load, before any of them runs (`_target` checks the command line once 
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,21 @@ from .runtime import ServerMode
 from .spec import check_names, peek_names
 from .state import STATE_DIR_NAME, current_file, read_json
 from .target import Target
+
+INTERRUPTED = "interrupted (Ctrl-C); run the command again to go on"
+
+
+def _ctrl_c_in_one_line(kind: type[BaseException], value: BaseException, trace: Any) -> None:
+    """Ctrl-C between two stages lands in doit's own code, outside any action's guard: one line there too, for
+    `doit ...` as for `localml ...` (whose cli catches it first)."""
+    if issubclass(kind, KeyboardInterrupt):
+        error(INTERRUPTED)
+        return
+    _previous_hook(kind, value, trace)
+
+
+_previous_hook = sys.excepthook
+sys.excepthook = _ctrl_c_in_one_line
 
 DOIT_CONFIG = {
     "default_tasks": ["debug"],

@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -431,3 +433,12 @@ def test_a_read_only_state_folder_is_one_error_naming_the_file(tmp_path, monkeyp
         f"error: {path}: cannot write: Read-only file system\n"
         "  fix: run localml from a folder on a writable disk (it keeps its state in .localml/ there)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_outside_any_stage_is_one_line_under_plain_doit_too():
+    """Ctrl-C between two stages lands in doit's own code: with localml's tasks loaded (the user's `doit`, not
+    only `localml`) it is one line, not a traceback."""
+    result = subprocess.run([sys.executable, "-c", "import localml_tasks.tasks\nraise KeyboardInterrupt"],
+                            capture_output=True, text=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode != 0
+    assert result.stderr.strip() == "interrupted (Ctrl-C); run the command again to go on", result.stderr
