@@ -62,6 +62,7 @@ DOIT_CONFIG = {
     "check_file_uptodate": filecheck.ContentOrMetadataChecker,
 }
 
+
 def _var(name: str, default: str = "") -> str:
     value = get_var(name, default)
     return value if isinstance(value, str) else default
