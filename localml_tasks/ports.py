@@ -3,7 +3,9 @@
 Choosing a port and binding it happen at two moments: between them another localml command (another project
 folder, a second terminal) could choose the same port, and the server started second would fail to bind. Every
 choice is therefore recorded in a machine-wide reservations file (ports.json beside the locks, machine.py), under
-a lock: a port chosen by another live process in the last RESERVED_S seconds is passed over.
+a lock: a port chosen by another live process in the last RESERVED_S seconds is passed over. A process-mode
+server's ports are held for as long as its supervisor lives (`hold_for`): its server may crash and be started
+again on them, and no other deployment may take them meanwhile (a container's are held by Docker itself).
 """
 
 from __future__ import annotations
@@ -30,13 +32,20 @@ def pick(first: int, taken: set[int]) -> int:
     reserved by another command; reserved for this process from now on."""
     with _reservations() as reserved:
         mine = os.getpid()
-        others = {port for port, (pid, _) in reserved.items() if pid != mine}
+        others = {port for port, (pid, _, _) in reserved.items() if pid != mine}
         for port in range(first, first + SPAN):
             if port not in others and _is_free(port, taken):
-                reserved[port] = (mine, time.time())
+                reserved[port] = (mine, time.time(), False)
                 return port
     raise LocalmlError.one(f"no free port on {LOOPBACK} between {first} and {first + SPAN - 1}",
                            fix="stop what is listening there, or delete old local endpoints (doit delete)")
+
+
+def hold_for(pid: int, held: list[int]) -> None:
+    """Reserve these ports for as long as process `pid` lives (a process-mode supervisor)."""
+    with _reservations() as reserved:
+        for port in held:
+            reserved[port] = (pid, time.time(), True)
 
 
 def _is_free(port: int, taken: set[int]) -> bool:
@@ -53,8 +62,8 @@ def _is_free(port: int, taken: set[int]) -> bool:
 
 
 @contextlib.contextmanager
-def _reservations() -> Iterator[dict[int, tuple[int, float]]]:
-    """The live reservations {port: (pid, when)}, locked for the block and written back after it."""
+def _reservations() -> Iterator[dict[int, tuple[int, float, bool]]]:
+    """The live reservations {port: (pid, when, for its whole life)}, locked for the block and written back."""
     folder = lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "ports.json"
@@ -70,18 +79,19 @@ def _reservations() -> Iterator[dict[int, tuple[int, float]]]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _read(path: Path) -> dict[int, tuple[int, float]]:
+def _read(path: Path) -> dict[int, tuple[int, float, bool]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return {int(port): (int(value[0]), float(value[1])) for port, value in data.items()}
+        return {int(port): (int(value[0]), float(value[1]), bool(value[2:3] and value[2]))
+                for port, value in data.items()}
     except (OSError, ValueError, TypeError, IndexError, AttributeError):
         return {}  # none yet, or a damaged file: reservations only narrow a race, starting afresh is safe
 
 
-def _live(reserved: dict[int, tuple[int, float]]) -> dict[int, tuple[int, float]]:
+def _live(reserved: dict[int, tuple[int, float, bool]]) -> dict[int, tuple[int, float, bool]]:
     now = time.time()
-    return {port: (pid, when) for port, (pid, when) in reserved.items()
-            if now - when < RESERVED_S and _alive(pid)}
+    return {port: (pid, when, lasting) for port, (pid, when, lasting) in reserved.items()
+            if (lasting or now - when < RESERVED_S) and _alive(pid)}
 
 
 def _alive(pid: int) -> bool:

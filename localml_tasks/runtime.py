@@ -260,6 +260,7 @@ def start_process(deployment: Deployment, venv: Path, mode: ServerMode) -> Proce
                                              mode.wait)
     server.write_command(runtime_dir, command, keep_state=mode.keep_state)
     record = process_runtime.start(deployment, venv, state_dir, runtime_dir, scoring, debug)
+    ports.hold_for(record.supervisor_pid, [scoring, debug])  # a crashed server restarts on them, nobody takes them
     deployed = _process_deployment(state_dir, record, deployment.deployment_name)
     server.wait_for_supervisor(deployed.host, runtime_dir)
     return ProcessStart(deployed, record.supervisor_pid, reason, stale)

@@ -64,3 +64,17 @@ def test_a_damaged_reservations_file_is_started_afresh(tmp_path):
     (tmp_path / "locks" / "ports.json").write_text("{not json")
     first = _free_run()
     assert ports.pick(first, set()) == first
+
+
+def test_ports_held_for_a_live_process_stay_reserved_past_the_choice_window(monkeypatch):
+    """A process-mode supervisor's ports: its server may crash and start again on them long after they were chosen;
+    no other command takes them while the supervisor lives, and they are free once it has gone."""
+    first = _free_run()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE, text=True)
+    try:
+        ports.hold_for(holder.pid, [first, first + 1])
+        monkeypatch.setattr(ports, "RESERVED_S", 0.0)  # long after the choice
+        assert ports.pick(first, set()) == first + 2
+    finally:
+        holder.communicate(input="", timeout=60)
+    assert ports.pick(first, set()) == first

@@ -907,7 +907,8 @@ def _traced_while_attached(debugpy):
 
 
 def _listen_for_debugger(host, port):
-    """debugpy.listen, retried while the port is still held by a previous server's adapter that is ending."""
+    """debugpy.listen, retried while the port is still held by a previous server's adapter that is ending, and
+    once more when debugpy's adapter process is too slow to report back (a busy machine)."""
     try:
         import debugpy
     except ImportError:
@@ -916,12 +917,16 @@ def _listen_for_debugger(host, port):
         sys.path.append("/opt/localml/site")
         import debugpy
     deadline = time.monotonic() + 10
+    slow_adapter_retries = 1  # on a machine busy enough, debugpy's adapter process may not report back in time
     while True:
         try:
             debugpy.listen((host, port))
             return debugpy
         except RuntimeError as exc:
             in_use = "in use" in str(exc) or str(errno.EADDRINUSE) in str(exc)
+            if "timed out waiting for adapter" in str(exc) and slow_adapter_retries:
+                slow_adapter_retries -= 1
+                continue
             if not in_use or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
