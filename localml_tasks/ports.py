@@ -22,6 +22,7 @@ from pathlib import Path
 from .contract import LOOPBACK
 from .errors import LocalmlError
 from .machine import lock_dir
+from .server import process_is_alive
 
 RESERVED_S = 120.0  # long enough for a container or a server to start and bind; a bound port is busy anyway
 SPAN = 200  # ports tried after the first
@@ -91,14 +92,5 @@ def _read(path: Path) -> dict[int, tuple[int, float, bool]]:
 def _live(reserved: dict[int, tuple[int, float, bool]]) -> dict[int, tuple[int, float, bool]]:
     now = time.time()
     return {port: (pid, when, lasting) for port, (pid, when, lasting) in reserved.items()
-            if (lasting or now - when < RESERVED_S) and _alive(pid)}
+            if (lasting or now - when < RESERVED_S) and process_is_alive(pid)}
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
