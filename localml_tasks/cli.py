@@ -18,20 +18,16 @@ from doit.doit_cmd import DoitMain
 from . import tasks
 from .console import error
 from .errors import _display_path
-from .state import STATE_DIR_NAME, state_root
+from .state import make_state_root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in OWN_COMMANDS:
         return _own_command(args[0], args[1:])
-    try:
-        state_root().mkdir(exist_ok=True)
-    except OSError as exc:
-        what = "a file is in its place" if isinstance(exc, FileExistsError) else exc.strerror
-        print(f"error: {STATE_DIR_NAME}: cannot make localml's state folder here: {what}\n"
-              f"  fix: move {STATE_DIR_NAME} away (localml keeps its state in that folder), or run localml in a "
-              "folder where it can write", file=sys.stderr)
+    cannot = make_state_root("localml")
+    if cannot:
+        print(cannot, file=sys.stderr)
         return 1
     _set_aside_corrupt_dep_file(Path(tasks.DOIT_CONFIG["dep_file"]))
     loader = ModuleTaskLoader(tasks)

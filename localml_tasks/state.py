@@ -20,6 +20,19 @@ def state_root() -> Path:
     return Path.cwd() / STATE_DIR_NAME
 
 
+def make_state_root(runs: str) -> str | None:
+    """Make .localml/ in the working directory; None, or the error (with its fix) to print when it cannot be
+    made. runs: what the user ran ("doit", "localml"), for the fix."""
+    try:
+        state_root().mkdir(exist_ok=True)
+    except OSError as exc:
+        what = "a file is in its place" if isinstance(exc, FileExistsError) else exc.strerror
+        return (f"error: {STATE_DIR_NAME}: cannot make localml's state folder here: {what}\n"
+                f"  fix: move {STATE_DIR_NAME} away (localml keeps its state in that folder), or run {runs} in a "
+                "folder where it can write")
+    return None
+
+
 def deployment_dir(endpoint: str, deployment: str) -> Path:
     return state_root() / "endpoints" / endpoint / deployment
 
