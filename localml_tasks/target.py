@@ -15,7 +15,9 @@ from .overrides import Overrides
 from .spec import Deployment, load_deployment, peek_names
 from .state import current_file, deployment_dir, read_json
 
-# a parsed spec per (target): one parse per command however many stages ask for it
+# the checked Deployment per target, for one command (each command is its own process; `doit watch` runs a
+# new one per round): built once however many stages ask. yamlsource caches the files' parses beneath it
+# (names are peeked from them too); this caches the schema checks and overrides on top.
 _LOADED: dict[Target, Deployment | LocalmlError] = {}
 
 
