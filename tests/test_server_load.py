@@ -147,29 +147,80 @@ def test_forward_sends_again_on_a_new_connection_when_the_deployment_had_closed_
         upstream.close()
 
 
-def test_the_main_thread_is_traced_only_while_a_debugger_is_attached():
-    class FakeDebugpy:
-        def __init__(self) -> None:
-            self.attached = False
-            self.calls: list[bool] = []
+class _FakeDebugpy:
+    def __init__(self) -> None:
+        self.attached = False
+        self.traced = True  # as debugpy.listen() leaves every thread
+        self.calls: list[bool] = []
 
-        def is_client_connected(self) -> bool:
-            return self.attached
+    def is_client_connected(self) -> bool:
+        return self.attached
 
-        def trace_this_thread(self, should_trace: bool) -> None:
-            self.calls.append(should_trace)
+    def trace_this_thread(self, should_trace: bool) -> None:
+        self.calls.append(should_trace)
+        self.traced = should_trace
 
-    debugpy = FakeDebugpy()
+
+def test_a_reload_is_traced_only_while_a_debugger_is_attached_and_a_request_never_around_run():
+    debugpy = _FakeDebugpy()
+    tracing = debug_server.TracedWhileAttached(debugpy)
     main = debug_server.MainThread()
-    answers: list[str] = []
-    main.jobs.put(lambda: answers.append("first"))
+    seen: list[tuple[str, bool]] = []
+    main.jobs.put(lambda: seen.append(("request", debugpy.traced)))
+    main.request_reload()
     main.jobs.put(lambda: setattr(debugpy, "attached", True))
-    main.jobs.put(lambda: answers.append("second"))
-    main.jobs.put(lambda: (_ for _ in ()).throw(KeyboardInterrupt))  # ends serve()
+    main.jobs.put(lambda: seen.append(("request", debugpy.traced)))
+    end = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # noqa: E731 - ends serve()
+    # asked for from a job (the first reload has consumed the flag by then), the end queued after its wake-up
+    main.jobs.put(lambda: (main.request_reload(), main.jobs.put(end)))
     with contextlib.suppress(KeyboardInterrupt):
-        main.serve(lambda: None, debug_server._traced_while_attached(debugpy))
-    assert answers == ["first", "second"]
-    assert debugpy.calls == [False, False, True, True]  # set before every job, as attached or not
+        main.serve(lambda: seen.append(("reload", debugpy.traced)), tracing.before_job)
+    assert seen == [("request", False), ("reload", False), ("request", False), ("reload", True)]
+    # set before every job: request, reload, attach, request, the job asking for a reload, reload, the end
+    assert debugpy.calls == [False, False, False, False, False, True, False]
+
+
+def test_the_users_run_is_traced_while_a_debugger_is_attached_and_nothing_after_it():
+    debugpy = _FakeDebugpy()
+    tracing = debug_server.TracedWhileAttached(debugpy)
+
+    class Script:  # azmlinfsrv's UserScript: its call of the user's run()
+        def _wrapped_user_run(self, **arguments: object) -> object:
+            if arguments.get("fail"):
+                raise ValueError("run() failed")
+            return {"traced": debugpy.traced, **arguments}
+
+    script = Script()
+    tracing.around_run(script)
+    debugpy.trace_this_thread(False)
+    assert script._wrapped_user_run(data=1) == {"traced": False, "data": 1}  # none attached: not traced
+    assert debugpy.calls == [False]
+    debugpy.attached = True
+    assert script._wrapped_user_run(data=2, request_headers={}) == {"traced": True, "data": 2, "request_headers": {}}
+    assert debugpy.traced is False and debugpy.calls == [False, True, False]
+    with pytest.raises(ValueError, match="run\\(\\) failed"):
+        script._wrapped_user_run(fail=True)
+    assert debugpy.traced is False  # after an error in run() too
+
+
+def test_debugpys_own_trouble_is_said_once_and_the_request_goes_on(capsys):
+    class Broken(_FakeDebugpy):
+        def trace_this_thread(self, should_trace: bool) -> None:
+            raise RuntimeError("pydevd is not ready")
+
+    debugpy = Broken()
+    debugpy.attached = True
+    tracing = debug_server.TracedWhileAttached(debugpy)
+
+    class Script:
+        def _wrapped_user_run(self, **arguments: object) -> str:
+            return "answered"
+
+    script = Script()
+    tracing.around_run(script)
+    assert [script._wrapped_user_run(), script._wrapped_user_run()] == ["answered", "answered"]
+    tracing.before_job(True)
+    assert capsys.readouterr().out.count("could not switch debugpy's tracing") == 1
 
 
 def test_after_a_reload_the_heap_is_frozen_again_once_the_main_thread_is_idle(monkeypatch):
