@@ -24,6 +24,7 @@ from . import (
     doctor,
     health,
     image,
+    machine,
     process_runtime,
     runtime,
     server,
@@ -175,6 +176,15 @@ def build(target: Target, no_cache: bool) -> None:
         # doit has no record for this deployment yet, but the tag (a hash of what goes in) exists
         line("image", f"reused {plan.tag}: the same environment is already built")
         return
+    # one build of a tag at a time on this machine: a second folder with the same environment waits, then reuses
+    with machine.image_lock(plan.tag, f"the image {plan.tag}", says("image")):
+        if not no_cache and image.image_is_built(target.build_dir):
+            line("image", f"reused {plan.tag}: another localml command built the same environment meanwhile")
+            return
+        _build_image(target, plan, no_cache)
+
+
+def _build_image(target: Target, plan: image.ImagePlan, no_cache: bool) -> None:
     why = (" from the base image (no_cache=1)" if plan.kind == "uv" else " without Docker's cache (no_cache=1)") \
         if no_cache else ""
     how = {"uv": f"{plan.source}'s lock with uv", "pip": f"{plan.source}'s lock with pip"}.get(plan.kind, plan.source)

@@ -13,6 +13,7 @@ image up to date" stays "does this tag exist".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import docker_engine
+from . import docker_engine, machine
 from .config import ALIASES_ENV, CONFIG_FILE_NAME, ProjectConfig
 from .contract import APP_ROOT, BIN_DIR, CONTAINER_PORT, RUNTIME_DIR
 from .errors import LocalmlError
@@ -347,27 +348,32 @@ def build(build_dir: Path, *, say: Callable[[str], None] = print, progress: Call
         return _build_layer(build_dir, plan, progress, no_cache, subject=f"the image {plan.declared_image}",
                             file=None), time.monotonic() - started
     assert plan.build_context and plan.dockerfile and plan.dockerfile_path and plan.user_tag
-    lent: list[tuple[str, str | None]] = []  # (FROM name, the image it named before the build)
-    for item in plan.from_images:
-        if item["local"] != item["name"]:
-            # the classic builder looks a FROM name up locally: lend the alias target that name for the build
-            before = docker_engine.image_id(item["name"])
-            if before != item["id"]:
-                docker_engine.tag_image(item["id"], item["name"])
-                lent.append((item["name"], before))
-            say(f"FROM {item['name']} in {Path(plan.dockerfile).name}: the local {item['local']} "
-                "stands in under that name for the build (image_aliases)")
     dockerfile, context = Path(plan.dockerfile), plan.build_context
-    try:
-        stream_build(context, plan.user_tag,
-                     lambda lines, error: user_build_failure(lines, error, dockerfile, context),
-                     progress=progress, no_cache=no_cache, dockerfile=plan.dockerfile_path)
-    finally:
-        for name, before in lent:  # the name goes back to what it named, or away: no alias tag stays behind
-            if before:
-                docker_engine.tag_image(before, name)
-            else:
-                docker_engine.remove_image(name)
+    with contextlib.ExitStack() as names_held:
+        lent: list[tuple[str, str | None]] = []  # (FROM name, the image it named before the build)
+        # the classic builder looks a FROM name up locally: each alias target is lent that name for the build,
+        # and no other build on this machine lends the same name meanwhile (taken in order: no two builds wait
+        # for each other)
+        for name in sorted({item["name"] for item in plan.from_images if item["local"] != item["name"]}):
+            names_held.enter_context(machine.image_lock(name, f"the image name {name}", say, lent=True))
+        for item in plan.from_images:
+            if item["local"] != item["name"]:
+                before = docker_engine.image_id(item["name"])
+                if before != item["id"]:
+                    docker_engine.tag_image(item["id"], item["name"])
+                    lent.append((item["name"], before))
+                say(f"FROM {item['name']} in {Path(plan.dockerfile).name}: the local {item['local']} "
+                    "stands in under that name for the build (image_aliases)")
+        try:
+            stream_build(context, plan.user_tag,
+                         lambda lines, error: user_build_failure(lines, error, dockerfile, context),
+                         progress=progress, no_cache=no_cache, dockerfile=plan.dockerfile_path)
+        finally:
+            for name, before in lent:  # the name goes back to what it named, or away: no alias tag stays behind
+                if before:
+                    docker_engine.tag_image(before, name)
+                else:
+                    docker_engine.remove_image(name)
 
     image_id = _build_layer(build_dir, plan, progress, no_cache, subject="the image built from this Dockerfile",
                             file=str(dockerfile))

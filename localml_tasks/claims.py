@@ -9,16 +9,15 @@ folder and the ways out; with takeover=1 it removes the other folder's container
 router (through endpoint.stop_router, which signals only a router that is provably that folder's), and the
 command goes on to start its own.
 
-Locks. Commands on one deployment are serialised by an fcntl.flock on a file under one machine-wide
-folder (LOCALML_LOCK_DIR, else $XDG_CACHE_HOME/localml/locks, else ~/.cache/localml/locks): the container
+Locks. Commands on one deployment are serialised by a lock (machine.py: an fcntl.flock on a file under one
+machine-wide folder, LOCALML_LOCK_DIR, else $XDG_CACHE_HOME/localml/locks, else ~/.cache/localml/locks): the container
 name `localml-<endpoint>-<deployment>` is one per Docker engine, so two project folders racing for it
 must meet at the same file, which a folder's own .localml/ cannot give. The user's cache is the place
 every folder of this user reaches (the Docker engine is the user's too, and /tmp is shared with every
 user and cleaned at will). The names are checked against Azure's rule before they get here, so they
 are safe file names. A lock is taken with the first stage that touches the deployment and held until
-the process exits (the kernel lets go of a flock when its holder dies, however it dies: no stale locks);
-the file records the holder's pid only to say for whom a command waits. The file descriptor is not
-inherited by the processes localml starts (the router, a supervisor), so none of them keeps a lock.
+the process exits (the kernel lets go of it then, however the process dies; the processes localml starts,
+the router and a supervisor, never inherit it).
 The endpoint's lock (for its router and routes) is always taken after a deployment's, never before, so
 two commands cannot wait for each other.
 """
@@ -26,8 +25,6 @@ two commands cannot wait for each other.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,48 +32,7 @@ from typing import Any
 from . import endpoint as endpoint_stage
 from . import runtime
 from .errors import LocalmlError
-from .machine import lock_dir
-
-_held: dict[str, int] = {}  # lock file name -> its descriptor, while this process holds it
-
-
-def _holder(descriptor: int) -> str:
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(os.pread(descriptor, 32, 0).decode().strip() or 0)
-        if pid > 0:
-            return f" (pid {pid})"
-    return ""
-
-
-def _acquire(file_name: str, what: str, say: Callable[[str], None]) -> bool:
-    """Take the lock, waiting (and saying so once) while another command holds it. False when this process
-    holds it already."""
-    if file_name in _held:
-        return False
-    folder = lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder / file_name, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited (PEP 446)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say(f"waiting for another localml command on {what}{_holder(descriptor)} …")
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-    except BaseException:  # Ctrl-C while waiting
-        os.close(descriptor)
-        raise
-    _held[file_name] = descriptor
-    return True
-
-
-def _release(file_name: str) -> None:
-    descriptor = _held.pop(file_name, None)
-    if descriptor is not None:
-        with contextlib.suppress(OSError):
-            os.ftruncate(descriptor, 0)
-        os.close(descriptor)  # closing the only descriptor of the open file lets go of the flock
+from .machine import acquire, release
 
 
 def _deployment_file(endpoint: str, deployment: str) -> str:
@@ -89,7 +45,7 @@ def _endpoint_file(endpoint: str) -> str:
 
 def hold_deployment(endpoint: str, deployment: str, say: Callable[[str], None]) -> bool:
     """Hold the deployment's lock until this process exits. True when it was taken now."""
-    return _acquire(_deployment_file(endpoint, deployment), f"{endpoint}/{deployment}", say)
+    return acquire(_deployment_file(endpoint, deployment), f"{endpoint}/{deployment}", say)
 
 
 @contextlib.contextmanager
@@ -100,18 +56,18 @@ def deployment_lock(endpoint: str, deployment: str, say: Callable[[str], None]) 
         yield
     finally:
         if taken:
-            _release(_deployment_file(endpoint, deployment))
+            release(_deployment_file(endpoint, deployment))
 
 
 @contextlib.contextmanager
 def endpoint_lock(endpoint: str, say: Callable[[str], None]) -> Iterator[None]:
     """The endpoint's lock (its router and routes file), for as long as the block runs."""
-    taken = _acquire(_endpoint_file(endpoint), f"endpoint {endpoint}", say)
+    taken = acquire(_endpoint_file(endpoint), f"endpoint {endpoint}", say)
     try:
         yield
     finally:
         if taken:
-            _release(_endpoint_file(endpoint))
+            release(_endpoint_file(endpoint))
 
 
 # --- ownership ------------------------------------------------------------------------------

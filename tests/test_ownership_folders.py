@@ -2,17 +2,21 @@
 
 Two copies of the sample in two folders under the same endpoint name: the second folder's `debug`
 refuses (naming the first folder) until takeover=1. Two `debug` of one deployment started together:
-one waits for the other, and exactly one healthy container is left, without a traceback.
+one waits for the other, and exactly one healthy container is left, without a traceback. Two folders
+that need the same new environment at once: it is built once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import docker
 import pytest
 from conftest import REPO, Project, remove_containers, sample_copy
 
@@ -104,3 +108,34 @@ def test_two_debugs_at_once_leave_one_healthy_container(project, engine):
         assert containers[0].attrs["Config"]["Env"].count(f"RACE_ATTEMPT=a{attempt}") == 1
         answer = project.run("invoke", f"request={REQUEST}")
         assert answer.returncode == 0, answer.stdout + answer.stderr
+
+
+def test_two_folders_needing_one_new_environment_build_it_once(tmp_path, engine):
+    """Two projects (other endpoints, other folders) with the same environment, not built yet, started together:
+    one builds the image, the other waits for it and reuses it."""
+    conda_name = f"conda-{uuid.uuid4().hex[:8]}.yml"  # part of the image's recipe: a tag never built before
+    projects = [sample_copy(tmp_path / name) for name in ("first", "second")]
+    for project in projects:
+        (project.root / "environment" / "conda.yml").rename(project.root / "environment" / conda_name)
+        project.edit("blue-deployment.yml", "environment/conda.yml", f"environment/{conda_name}")
+    environment = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    commands = [subprocess.Popen([sys.executable, "-m", "localml_tasks", "image", f"spec={project.spec}"],
+                                 cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=environment) for project in projects]
+    outputs = [command.communicate(timeout=600)[0] for command in commands]
+    tags = set()
+    try:
+        for command, output in zip(commands, outputs, strict=True):
+            assert command.returncode == 0 and "Traceback" not in output, output
+            tags |= set(re.findall(r"localml/env:\w+", output))
+        assert len(tags) == 1, outputs  # one environment, one tag
+        built = [output for output in outputs if re.search(r"^image +built localml/env:", output, re.M)]
+        waited = [output for output in outputs if "reused localml/env:" in output]
+        assert len(built) == 1 and len(waited) == 1, outputs
+        assert re.search(r"^image +waiting for another localml command on the image localml/env:\w+ \(pid \d+\) …$",
+                         waited[0], re.M), waited[0]
+        assert "another localml command built the same environment meanwhile" in waited[0], waited[0]
+    finally:
+        for tag in tags:
+            with contextlib.suppress(docker.errors.APIError):
+                engine.images.remove(tag)
