@@ -1,17 +1,24 @@
 """Shared fixtures: a private copy of the sample per test, the localml CLI, Docker clean-up.
 
 Docker tests never skip: a missing engine is a failure (scripts/test starts one).
+
+scripts/test runs the suite on two pytest-xdist workers, a file per worker at a time: each test has its own copy
+of the sample (its own endpoint name, folder and ports), so two run side by side. A test marked engine_wide
+looks at the whole engine (it prunes images, or counts the dangling ones or the install containers): it runs
+while no other test of the run does (_one_at_a_time_when_engine_wide).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,6 +100,33 @@ def stop_routers(root: Path) -> None:
 def _no_routers_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     yield
     stop_routers(tmp_path_factory.getbasetemp())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Each test's setup, call and teardown (the module fixtures it starts or ends too) in its turn."""
+    with _one_at_a_time_when_engine_wide(item.get_closest_marker("engine_wide") is not None):
+        yield
+
+
+@contextlib.contextmanager
+def _one_at_a_time_when_engine_wide(alone: bool) -> Iterator[None]:
+    """Under pytest-xdist: every test holds a shared lock of the run while it runs, an engine_wide test the same
+    lock exclusively. A second lock, the gate, is held while waiting for the first, so a waiting engine_wide
+    test is not overtaken by the other worker's next tests."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of one run
+    if not run:
+        yield  # one process: one test at a time anyway
+        return
+    folder = Path(tempfile.gettempdir()) / f"localml-tests-{run}"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "gate", "a") as gate, open(folder / "room", "a") as room:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield  # the room is let go when the file closes
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

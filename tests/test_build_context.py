@@ -230,6 +230,7 @@ def image_names(engine: docker.DockerClient) -> set[str]:
 
 
 @pytest.mark.docker
+@pytest.mark.engine_wide
 def test_build_context_runs_unchanged_rebuilds_only_on_context_changes(ctx):
     before = ctx.snapshot()
     named_before = image_names(ctx.engine)

@@ -94,6 +94,7 @@ def run(raw_data):
 
 
 @pytest.mark.docker
+@pytest.mark.engine_wide
 def test_an_old_scikit_learn_beside_an_unpinned_numpy_serves(project: Project, engine):
     project.root.joinpath("environment", "conda.yml").write_text(
         "name: old-sklearn\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n"

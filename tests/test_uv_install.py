@@ -99,6 +99,7 @@ def _image_of(project: Project, engine) -> str:
 
 
 @pytest.mark.docker
+@pytest.mark.engine_wide
 def test_adding_a_package_downloads_and_installs_only_that_package(project: Project, engine):
     conda = project.root / "environment" / "conda.yml"
     secret = "localml-test-secret-7d1e"
@@ -167,6 +168,7 @@ def test_disk_report_counts_our_images_only():
 
 
 @pytest.mark.docker
+@pytest.mark.engine_wide
 def test_prune_removes_only_unused_images_of_localml(project: Project, engine):
     started = project.run("debug", f"spec={project.spec}", "vscode=0")
     assert started.returncode == 0, started.stdout + started.stderr
@@ -203,6 +205,7 @@ def test_a_failed_install_is_uvs_own_words_at_the_packages_line(tmp_path):
 
 
 @pytest.mark.docker
+@pytest.mark.engine_wide
 def test_ctrl_c_mid_install_leaves_no_container_or_image_and_the_next_debug_builds(project: Project, engine):
     dangling_before = {image.id for image in engine.images.list(filters={"dangling": True})}
     process = subprocess.Popen(
