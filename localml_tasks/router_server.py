@@ -18,8 +18,8 @@ error answers (no deployment by that name, none takes the traffic, one does not 
 {"error", "fix", "answered_by": "localml router"}: the fix is the command to run. The process exits
 when routes.json is removed (the endpoint's last deployment was deleted).
 
-Clients cannot hold it up or send it elsewhere (in_container/debug_server.py's StrictRequestHandler, which
-the deployment's debug server shares): every connection has a thread of its own and is kept alive until idle
+Clients cannot hold it up or send it elsewhere (in_container/http_serving.py's StrictRequestHandler, whose
+rules the deployment's debug server keeps too): every connection has a thread of its own and is kept alive until idle
 for LOCALML_IDLE_TIMEOUT_S (30); a request must arrive within LOCALML_REQUEST_TIMEOUT_S (30). A request whose
 target is not a path (`GET 9/x`, `GET http://127.0.0.1:1/x`, `CONNECT host:port`), whose body has no one
 size (`Content-Length: abc`, -5, two that disagree, with chunked) or whose headers pass 64 KiB is refused
@@ -43,7 +43,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .in_container.debug_server import (
+from .in_container.http_serving import (
     LISTEN_BACKLOG,
     ORIGIN_FORM,
     BadRequest,

@@ -25,8 +25,8 @@ import pytest
 from conftest import REPO, Project, sample_copy
 
 from localml_tasks import router_server
-from localml_tasks.in_container import debug_server
-from localml_tasks.in_container.debug_server import BadRequest, read_request_body
+from localml_tasks.in_container import debug_server, http_serving
+from localml_tasks.in_container.http_serving import BadRequest, read_request_body
 from localml_tasks.router_server import DEPLOYMENT_HEADER, ROUTER_ANSWER, forward, read_body
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
@@ -161,23 +161,68 @@ class _FakeDebugpy:
         self.traced = should_trace
 
 
+class _Recorder:
+    """A WSGI app for a LoopServer under test: records each request's path, and what `state()` says then; a
+    request for /end ends serve_forever (KeyboardInterrupt, as Ctrl-C does)."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+        self.seen: list[tuple[str, object]] = []
+
+    def __call__(self, environ: dict, start_response) -> list[bytes]:
+        if environ["PATH_INFO"] == "/end":
+            raise KeyboardInterrupt
+        self.seen.append((environ["PATH_INFO"], self.state()))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+
+def _get(port: int, path: str) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path)
+        connection.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        pass  # /end: no answer
+    finally:
+        connection.close()
+
+
+def _until(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_a_reload_is_traced_only_while_a_debugger_is_attached_and_a_request_never_around_run():
     debugpy = _FakeDebugpy()
     tracing = debug_server.TracedWhileAttached(debugpy)
-    main = debug_server.MainThread()
-    seen: list[tuple[str, bool]] = []
-    main.jobs.put(lambda: seen.append(("request", debugpy.traced)))
-    main.request_reload()
-    main.jobs.put(lambda: setattr(debugpy, "attached", True))
-    main.jobs.put(lambda: seen.append(("request", debugpy.traced)))
-    end = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # noqa: E731 - ends serve()
-    # asked for from a job (the first reload has consumed the flag by then), the end queued after its wake-up
-    main.jobs.put(lambda: (main.request_reload(), main.jobs.put(end)))
-    with contextlib.suppress(KeyboardInterrupt):
-        main.serve(lambda: seen.append(("reload", debugpy.traced)), tracing.before_job)
-    assert seen == [("request", False), ("reload", False), ("request", False), ("reload", True)]
-    # set before every job: request, reload, attach, request, the job asking for a reload, reload, the end
-    assert debugpy.calls == [False, False, False, False, False, True, False]
+    app = _Recorder(lambda: debugpy.traced)
+    server = http_serving.LoopServer("127.0.0.1", 0, app)
+
+    def reload() -> None:
+        app.seen.append(("reload", debugpy.traced))
+
+    def client() -> None:
+        _get(server.port, "/first")
+        server.request_reload()
+        _until(lambda: len(app.seen) == 2)
+        debugpy.attached = True
+        _get(server.port, "/second")
+        server.request_reload()
+        _until(lambda: len(app.seen) == 4)
+        _get(server.port, "/end")
+
+    threading.Thread(target=client, daemon=True).start()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever(reload, tracing.before_job)
+    finally:
+        server.close()
+    assert app.seen == [("/first", False), ("reload", False), ("/second", False), ("reload", True)]
+    # set before every job: request, reload, request, reload, the end
+    assert debugpy.calls == [False, False, False, True, False]
 
 
 def test_the_users_run_is_traced_while_a_debugger_is_attached_and_nothing_after_it():
@@ -232,19 +277,25 @@ def test_after_a_reload_the_heap_is_frozen_again_once_the_main_thread_is_idle(mo
         def reload(self) -> None:
             done.append("reload")
 
-    main = debug_server.MainThread()
-    main.IDLE_S = 0.05
-    main.request_reload()
-    main.jobs.put(lambda: done.append("request"))  # waiting already: the freeze waits for an idle moment
+    app = _Recorder(lambda: done.append("request"))
+    server = http_serving.LoopServer("127.0.0.1", 0, app)
+    server.IDLE_S = 0.2
+    waiting = socket.create_connection(("127.0.0.1", server.port))  # a request waiting already: it goes first
+    waiting.sendall(b"GET /request HTTP/1.1\r\nHost: x\r\n\r\n")
+    server.request_reload()
 
-    def stop_when_frozen() -> None:
-        while "freeze" not in done:
-            time.sleep(0.01)
-        main.jobs.put(lambda: (_ for _ in ()).throw(KeyboardInterrupt))
+    def end_when_frozen() -> None:
+        _until(lambda: "freeze" in done)
+        _get(server.port, "/end")
 
-    threading.Thread(target=stop_when_frozen, daemon=True).start()
-    with contextlib.suppress(KeyboardInterrupt):
-        main.serve(debug_server._reload_then_freeze(Host(), main))
+    threading.Thread(target=end_when_frozen, daemon=True).start()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.serve_forever(debug_server._reload_then_freeze(Host(), server))
+    finally:
+        waiting.close()
+        server.close()
+    # the reload first (asked for before serving), the waiting request, then the freeze once idle
     assert done == ["unfreeze", "reload", "request", "freeze"]
 
 
