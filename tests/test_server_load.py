@@ -299,6 +299,128 @@ def test_after_a_reload_the_heap_is_frozen_again_once_the_main_thread_is_idle(mo
     assert done == ["unfreeze", "reload", "request", "freeze"]
 
 
+# --- the debug server's loop on its own (http_serving.LoopServer) -----------------------------------------
+
+
+def _echo_app(environ: dict, start_response) -> list[bytes]:
+    """Answers with the body it got (its length in a header); /sleep?S holds the loop S seconds, /big answers 64 MiB."""
+    body = environ["wsgi.input"].read()
+    path = environ["PATH_INFO"]
+    if path == "/end":
+        raise KeyboardInterrupt
+    if path == "/sleep":
+        time.sleep(float(environ["QUERY_STRING"]))
+    answer = b"x" * (64 << 20) if path == "/big" else path.encode() + b":" + body
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("X-Got", str(len(body)))])
+    return [answer]
+
+
+@pytest.fixture
+def loop() -> Iterator[http_serving.LoopServer]:
+    server = http_serving.LoopServer("127.0.0.1", 0, _echo_app, idle_timeout=0.5, request_timeout=1.0)
+    thread = threading.Thread(target=_serve_until_ended, args=(server,), daemon=True)
+    thread.start()
+    yield server
+    with socket.create_connection(("127.0.0.1", server.port)) as ending:  # never answered: the loop ends
+        ending.sendall(b"GET /end HTTP/1.1\r\nHost: x\r\n\r\n")
+        thread.join(timeout=10)
+    server.close()
+
+
+def _serve_until_ended(server: http_serving.LoopServer) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever(lambda: None)
+
+
+def _read_answer(sock: socket.socket, method: str = "POST") -> tuple[int, bytes]:
+    answer = http.client.HTTPResponse(sock, method=method)
+    answer.begin()
+    return answer.status, answer.read()
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """count answers read one after another from one buffered reader (pipelined answers may come in one read)."""
+    reader, answers = sock.makefile("rb"), []
+    for _ in range(count):
+        status = int(reader.readline().split()[1])
+        length = 0
+        while (line := reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        answers.append((status, reader.read(length)))
+    return answers
+
+
+def test_a_request_sent_while_the_app_was_busy_past_its_idle_timeout_is_served(loop):
+    """A breakpoint holds the loop: connections that were idle meanwhile are read before their time is up."""
+    with socket.create_connection(("127.0.0.1", loop.port), timeout=10) as idle, \
+            socket.create_connection(("127.0.0.1", loop.port), timeout=10) as busy:
+        time.sleep(0.1)  # both accepted: the idle one's idle timeout (0.5 s) runs from now
+        busy.sendall(b"GET /sleep?1.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1.0)  # the app is busy; the idle connection's time is up, and it sends a request now
+        idle.sendall(b"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        assert _read_answer(busy, "GET")[0] == 200
+        assert _read_answer(idle) == (200, b"/late:hi")
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(loop):
+    with socket.create_connection(("127.0.0.1", loop.port), timeout=10) as connection:
+        connection.sendall(b"".join(b"POST /%d HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n%d" % (n, n)
+                                    for n in range(5)))
+        assert _read_answers(connection, 5) == [(200, b"/%d:%d" % (n, n)) for n in range(5)]
+
+
+def test_a_client_slow_to_read_a_large_answer_holds_no_one_else_up(loop):
+    with socket.create_connection(("127.0.0.1", loop.port), timeout=10) as slow:
+        slow.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)  # its answer fills the socket buffers: the rest waits in the server, not the loop
+        started = time.perf_counter()
+        for _ in range(5):
+            connection = http.client.HTTPConnection("127.0.0.1", loop.port, timeout=10)
+            connection.request("POST", "/other", body=b"1")
+            assert connection.getresponse().read() == b"/other:1"
+            connection.close()
+        assert time.perf_counter() - started < 1
+        status, body = _read_answer(slow, "GET")  # then read whole, within the request timeout's patience
+        assert status == 200 and len(body) == 64 << 20
+
+
+def test_a_chunked_body_sent_in_small_pieces_and_expect_100_continue(loop):
+    with socket.create_connection(("127.0.0.1", loop.port), timeout=10) as connection:
+        connection.sendall(b"POST /chunks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                           b"Expect: 100-continue\r\n\r\n")
+        assert connection.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # sent before any of the body
+        body = b"".join(b"1\r\n%c\r\n" % (97 + n % 26) for n in range(3000)) + b"0\r\n\r\n"
+        for start in range(0, len(body), 7):  # 7 bytes at a time
+            connection.sendall(body[start:start + 7])
+        status, answer = _read_answer(connection)
+        assert status == 200 and answer == b"/chunks:" + bytes(97 + n % 26 for n in range(3000))
+
+
+def test_a_client_that_closes_its_side_after_the_request_still_gets_the_answer(loop):
+    with socket.create_connection(("127.0.0.1", loop.port), timeout=10) as connection:
+        connection.sendall(b"POST /bye HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
+        connection.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"/bye:ok")
+
+
+def test_a_stalled_head_gets_408_at_the_request_timeout_and_an_idle_connection_is_closed_silently(loop):
+    with socket.create_connection(("127.0.0.1", loop.port), timeout=10) as stalled, \
+            socket.create_connection(("127.0.0.1", loop.port), timeout=10) as silent:
+        stalled.sendall(b"POST /x HTTP/1.1\r\nHost")
+        started = time.perf_counter()
+        answer = b""
+        while chunk := stalled.recv(65536):
+            answer += chunk
+        assert status_of(answer) == 408 and b"Connection: close" in answer
+        assert 0.8 < time.perf_counter() - started < 2
+        assert silent.recv(100) == b""  # closed at the idle timeout, without a word
+
+
 # --- one real endpoint ----------------------------------------------------------------------------------
 
 
