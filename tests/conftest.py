@@ -4,8 +4,8 @@ Docker tests never skip: a missing engine is a failure (scripts/test starts one)
 
 scripts/test runs the suite on two pytest-xdist workers, a file per worker at a time: each test has its own copy
 of the sample (its own endpoint name, folder and ports), so two run side by side. A test marked engine_wide
-looks at the whole engine (it prunes images, or counts the dangling ones or the install containers): it runs
-while no other test of the run does (_one_at_a_time_when_engine_wide).
+looks at what the whole machine shares (it prunes images, counts the dangling ones or the install containers, or
+holds port 5001): it runs while no other test of the run does (_one_at_a_time_when_engine_wide).
 """
 
 from __future__ import annotations

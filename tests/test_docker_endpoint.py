@@ -91,6 +91,7 @@ def test_second_debug_with_no_change_builds_and_restarts_nothing(project, engine
 
 
 @pytest.mark.docker
+@pytest.mark.engine_wide  # port 5001 is the machine's: another test's deployment may hold it, then let it go
 def test_scoring_port_moves_on_when_5001_is_taken(project, engine):
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
