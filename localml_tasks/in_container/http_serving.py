@@ -23,6 +23,7 @@ import selectors
 import socket
 import sys
 import time
+import traceback
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -691,8 +692,6 @@ class _Connection:
             code, _, reason = answer["status"].partition(" ")
             code = int(code)
         except Exception:  # the app's own errors are its answers; this is ours
-            import traceback
-
             print("localml-debug: the server failed to answer a request:\n" + traceback.format_exc(), flush=True)
             self.refuse(500, "the debug server failed to answer: see its log", read_whole=True)
             return
@@ -769,6 +768,7 @@ class _Connection:
         self.close_when_written = True
         self.linger_after_answer = not read_whole
         body = json.dumps({"message": message}).encode()
+        # as to a POST over HTTP/1.1: whatever the request was, this answer has its body
         self._answer("POST", "HTTP/1.1", code, _phrase(code), [("Content-Type", "application/json")], body)
 
     def _send(self, data):
