@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from conftest import REPO, Project, remove_containers
+from conftest import REPO, Project, remove_containers, sample_copy
 from dap_client import DapClient, host_launch, line_in, post_in_background
 
 from localml_tasks import mlflow_model, watch
@@ -243,6 +243,41 @@ def test_process_mode_serves_the_no_code_deployment(nocode):
         assert wrong.status_code == 400 and "'bp'" in wrong.json()["message"]
     finally:
         nocode.run("delete")
+
+
+def test_a_no_code_deployment_beside_a_coded_one_on_one_endpoint(tmp_path):
+    """The sample's coded blue and the MLflow sample as green, on one endpoint (runtime=process): each answers its
+    own requests, named or through the endpoint's traffic, and `show` lists both."""
+    project = sample_copy(tmp_path / "project")  # specs/ whole: the MLflow sample's model is in mlflow/model
+    (project.root / "green-mlflow.yml").write_text(
+        (project.root / "mlflow" / "mlflow-deployment.yml").read_text()
+        .replace("name: mlflow\n", "name: green\n").replace("endpoint_name: localml-mlflow-sample",
+                                                             f"endpoint_name: {project.endpoint}")
+        .replace("path: model/", "path: mlflow/model/"))
+    try:
+        for spec in ("blue-deployment.yml", "green-mlflow.yml"):
+            started = project.run("debug", f"spec={spec}", "runtime=process", "vscode=0")
+            assert started.returncode == 0, started.stdout + started.stderr
+        assert "no-code MLflow deployment" in started.stdout
+        shown = json.loads(project.run("show").stdout)
+        assert {d["name"]: d["traffic"] for d in shown["deployments"]} == {"blue": 90, "green": 10}
+        mlflow_request = json.loads((project.root / "mlflow" / "sample-request.json").read_text())
+        sample_request = json.loads((project.root / "sample-request.json").read_text())
+        for name, body, length in (("green", mlflow_request, 2), ("blue", sample_request, 2)):
+            answer = requests.post(shown["scoring_uri"], json=body, timeout=30,
+                                   headers={"azureml-model-deployment": name})
+            assert answer.status_code == 200 and answer.headers["azureml-model-deployment"] == name, answer.text
+            assert len(answer.json()) == length
+        named = project.run("invoke", f"request={project.root / 'mlflow' / 'sample-request.json'}",
+                            "deployment=green")
+        assert named.returncode == 0 and "200 from green (named)" in named.stdout, named.stdout + named.stderr
+        # blue's request is not green's: the MLflow deployment says which column is missing, as Azure's would
+        wrong = requests.post(shown["scoring_uri"], json=sample_request, timeout=30,
+                              headers={"azureml-model-deployment": "green"})
+        assert wrong.status_code == 400, wrong.text
+    finally:
+        for spec in ("green-mlflow.yml", "blue-deployment.yml"):
+            project.run("delete", f"spec={spec}")
 
 
 # ---- the deployment up, on the real engine -------------------------------------------------------------------------
