@@ -7,6 +7,7 @@ import itertools
 import json
 import queue
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,35 +21,43 @@ if TYPE_CHECKING:
 
 class DapClient:
     def __init__(self, host: str, port: int, timeout: float = 60) -> None:
+        self.host, self.port = host, port
+        self._connect(timeout)
+
+    def _connect(self, timeout: float) -> None:
+        """A new connection to the adapter, with its own reader thread, responses and events."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.sock = socket.create_connection((host, port), timeout=5)
+                sock = socket.create_connection((self.host, self.port), timeout=5)
                 break
             except OSError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        self.sock.settimeout(None)
+        sock.settimeout(None)
+        self.sock = sock
         self.seq = itertools.count(1)
         self.responses: dict[int, queue.Queue] = {}
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen_events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.disconnected = threading.Event()  # the adapter closed the connection
-        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read, args=(sock, self.responses, self.events, self.disconnected),
+                         daemon=True).start()
 
-    def _read(self) -> None:
+    def _read(self, sock: socket.socket, responses: dict[int, queue.Queue], events: queue.Queue,
+              disconnected: threading.Event) -> None:
         try:
-            self._read_messages()
+            self._read_messages(sock, responses, events)
         finally:
-            self.disconnected.set()
+            disconnected.set()
 
-    def _read_messages(self) -> None:
+    def _read_messages(self, sock: socket.socket, responses: dict[int, queue.Queue], events: queue.Queue) -> None:
         buffer = b""
         while True:
             try:
-                chunk = self.sock.recv(65536)
+                chunk = sock.recv(65536)
             except OSError:
                 return
             if not chunk:
@@ -63,9 +72,11 @@ class DapClient:
                 message = json.loads(rest[:length])
                 buffer = rest[length:]
                 if message["type"] == "response":
-                    self._queue_for(message["request_seq"]).put(message)
+                    with self.lock:
+                        answers = responses.setdefault(message["request_seq"], queue.Queue())
+                    answers.put(message)
                 elif message["type"] == "event":
-                    self.events.put(message)
+                    events.put(message)
 
     def _queue_for(self, seq: int) -> queue.Queue:
         with self.lock:
@@ -78,7 +89,18 @@ class DapClient:
         return seq
 
     def response(self, seq: int, timeout: float = 60) -> dict[str, Any]:
-        answer = self._queue_for(seq).get(timeout=timeout)
+        answers, deadline = self._queue_for(seq), time.monotonic() + timeout
+        while True:
+            try:
+                answer = answers.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if self.disconnected.is_set() and answers.empty():
+                    raise ConnectionError(f"the debug adapter at {self.host}:{self.port} closed the connection "
+                                          f"before answering request {seq}") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the debug adapter at {self.host}:{self.port} did not answer request {seq} "
+                                       f"within {timeout:g} s") from None
         assert answer["success"], answer
         return answer
 
@@ -99,9 +121,19 @@ class DapClient:
 
     def attach(self, launch: dict[str, Any], breakpoints: dict[str, list[int]],
                exception_filters: list[str] | None = None) -> None:
-        """initialize, attach with the launch configuration's settings, set breakpoints, configurationDone."""
-        self.request("initialize", {"clientID": "localml-tests", "adapterID": "debugpy", "pathFormat": "path",
-                                    "linesStartAt1": True, "columnsStartAt1": True})
+        """initialize, attach with the launch configuration's settings, set breakpoints, configurationDone.
+        When the adapter closes the connection (or stays silent) before answering initialize, the failure says what
+        listens on the port, and which container publishes it."""
+        initialize = {"clientID": "localml-tests", "adapterID": "debugpy", "pathFormat": "path",
+                      "linesStartAt1": True, "columnsStartAt1": True}
+        try:
+            self.request("initialize", initialize, timeout=30)
+        except (ConnectionError, TimeoutError) as failed:
+            listening = subprocess.run(["ss", "-ltnpH", f"sport = :{self.port}"], capture_output=True, text=True)
+            publishing = subprocess.run(["docker", "ps", "-a", "--filter", f"publish={self.port}", "--format",
+                                         "{{.Names}} {{.Status}} {{.Ports}}"], capture_output=True, text=True)
+            raise AssertionError(f"{failed}; listening there: {listening.stdout.strip() or '-'}; published by: "
+                                 f"{publishing.stdout.strip() or '-'}") from None
         attach_seq = self.send("attach", {key: launch[key] for key in ("pathMappings", "justMyCode") if key in launch})
         self.wait_event("initialized")
         for path, lines in breakpoints.items():

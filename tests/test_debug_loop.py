@@ -24,7 +24,11 @@ from conftest import BASE_IMAGE, REPO, Project
 from dap_client import DapClient, host_launch, line_in, post_in_background, scoring_url, state_dir
 from sklearn.linear_model import Ridge
 
-pytestmark = pytest.mark.docker
+# engine_wide: run while no other test runs. On two workers, a container of this module's right after `debug`
+# refused the debugger's first connection (docker-proxy accepted it, the container's debugpy did not) in 3 of 4
+# runs beside test_process_mode and test_mlflow_nocode, and once in a whole suite run; alone, never. Not yet
+# understood: see the issue note of 2026-12-05.
+pytestmark = [pytest.mark.docker, pytest.mark.engine_wide]
 
 REQUEST = REPO / "specs" / "sample-request.json"
 SAMPLE = json.loads(REQUEST.read_text())
