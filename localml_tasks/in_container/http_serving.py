@@ -180,6 +180,37 @@ def _read_chunks(stream):
 
 
 
+def answer_headers(method, version, code, headers, body, date, server, closing):
+    """(the headers an answer carries, whether its body is sent): the headers given but the hop-by-hop ones (and
+    those their Connection header names), Date and Server unless given, the body's Content-Length (a HEAD or
+    304 answer has no body and keeps the length given: what GET would send), and Connection: close on the
+    connection's last answer (keep-alive on a kept HTTP/1.0 one)."""
+    bodiless = method == "HEAD" or code in (204, 304) or code < 200
+    listed = {name.strip().lower() for key, value in headers if key.lower() == "connection"
+              for name in value.split(",")}
+    fields, given, length = [], set(), None
+    for key, value in headers:
+        lower = key.lower()
+        if lower == "content-length":
+            length = value
+        elif lower not in HOP_BY_HOP_ANSWER and lower not in listed:
+            given.add(lower)
+            fields.append((key, value))
+    if "date" not in given:
+        fields.append(("Date", date))
+    if "server" not in given:
+        fields.append(("Server", server))
+    if not bodiless:
+        fields.append(("Content-Length", str(len(body))))
+    elif length is not None and code != 204:
+        fields.append(("Content-Length", length))
+    if closing:
+        fields.append(("Connection", "close"))
+    elif version == "HTTP/1.0":
+        fields.append(("Connection", "keep-alive"))
+    return fields, bool(body) and not bodiless
+
+
 # --- a thread per connection: the router -----------------------------------------------------------------
 
 
@@ -336,35 +367,14 @@ class StrictRequestHandler(BaseHTTPRequestHandler):
     # --- answers --------------------------------------------------------------------------------------
 
     def send_answer(self, code, headers, body, reason=None):
-        """One answer: the headers given but the hop-by-hop ones, Date and Server unless given, the body's
-        Content-Length (a HEAD or 304 answer has no body and keeps the length given: what GET would send),
-        and Connection: close on the connection's last answer."""
-        bodiless = self.command == "HEAD" or code in (204, 304) or code < 200
-        listed = {name.strip().lower() for key, value in headers if key.lower() == "connection"
-                  for name in value.split(",")}
+        """One answer, with answer_headers' headers."""
+        fields, with_body = answer_headers(self.command, self.request_version, code, headers, body,
+                                           self.date_time_string(), self.version_string(), self.close_connection)
         self.send_response_only(code, reason)
-        given, length = set(), None
-        for key, value in headers:
-            lower = key.lower()
-            if lower == "content-length":
-                length = value
-            elif lower not in HOP_BY_HOP_ANSWER and lower not in listed:
-                given.add(lower)
-                self.send_header(key, value)
-        if "date" not in given:
-            self.send_header("Date", self.date_time_string())
-        if "server" not in given:
-            self.send_header("Server", self.version_string())
-        if not bodiless:
-            self.send_header("Content-Length", str(len(body)))
-        elif length is not None and code != 204:
-            self.send_header("Content-Length", length)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        elif self.request_version == "HTTP/1.0":
-            self.send_header("Connection", "keep-alive")
+        for key, value in fields:
+            self.send_header(key, value)
         self.end_headers()
-        if body and not bodiless:
+        if with_body:
             self.wfile.write(body)
 
     def send_error(self, code, message=None, explain=None, fix=None):
@@ -729,36 +739,13 @@ class _Connection:
     # --- answers ----------------------------------------------------------------------------------------
 
     def _answer(self, method, version, code, reason, headers, body):
-        """One answer: the headers given but the hop-by-hop ones, Date and Server unless given, the body's
-        Content-Length (a HEAD or 304 answer has no body and keeps the length given: what GET would send),
-        and Connection: close on the connection's last answer."""
-        bodiless = method == "HEAD" or code in (204, 304) or code < 200
-        listed = {name.strip().lower() for key, value in headers if key.lower() == "connection"
-                  for name in value.split(",")}
-        lines = [f"HTTP/1.1 {code} {reason}".rstrip()]
-        given, length = set(), None
-        for key, value in headers:
-            lower = key.lower()
-            if lower == "content-length":
-                length = value
-            elif lower not in HOP_BY_HOP_ANSWER and lower not in listed:
-                given.add(lower)
-                lines.append(f"{key}: {value}")
-        if "date" not in given:
-            lines.append("Date: " + self.server.date())
-        if "server" not in given:
-            lines.append("Server: " + self.server.software)
-        if not bodiless:
-            lines.append(f"Content-Length: {len(body)}")
-        elif length is not None and code != 204:
-            lines.append("Content-Length: " + length)
-        if self.close_when_written:
-            lines.append("Connection: close")
-        elif version == "HTTP/1.0":
-            lines.append("Connection: keep-alive")
+        """One answer, with answer_headers' headers."""
+        fields, with_body = answer_headers(method, version, code, headers, body, self.server.date(),
+                                           self.server.software, self.close_when_written)
+        lines = [f"HTTP/1.1 {code} {reason}".rstrip(), *(f"{key}: {value}" for key, value in fields)]
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.answering = True
-        self._send(data + body if body and not bodiless else data)
+        self._send(data + body if with_body else data)
 
     def refuse(self, code, message, read_whole=False):
         """A JSON answer of ours, then the connection closed; when the request was not read whole, the client's
